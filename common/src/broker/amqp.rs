@@ -1,0 +1,1 @@
+//! AMQP implementation of the broker (to be written).

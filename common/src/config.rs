@@ -1,0 +1,123 @@
+//! Configuration groups shared by the binaries (`clap` derive, each option also read from an
+//! `NS_...` environment variable), and the checks that turn them into ready values.
+
+use clap::Args;
+use std::fmt;
+
+use crate::crypto::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The cluster's shared secret: tokens and notify URLs are only valid under it.
+#[derive(Args, Clone)]
+pub struct SecretConfig {
+    /// Shared secret of the cluster (every instance must have the same one).
+    #[arg(long = "secret", env = "NS_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+}
+
+impl fmt::Debug for SecretConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretConfig(..)")
+    }
+}
+
+impl SecretConfig {
+    /// The secret, which the distributed services require.
+    pub fn require(&self) -> Result<Secret, ConfigError> {
+        match self.secret.as_deref() {
+            Some(s) if s.len() >= 16 => Ok(Secret::new(s.as_bytes())),
+            Some(_) => Err(ConfigError::Invalid(
+                "--secret / NS_SECRET must be at least 16 characters".into(),
+            )),
+            None => Err(ConfigError::Invalid(
+                "--secret / NS_SECRET is required (the same value on every instance)".into(),
+            )),
+        }
+    }
+}
+
+/// Where MongoDB is.
+#[derive(Args, Clone, Debug)]
+pub struct MongoConfig {
+    /// MongoDB connection string.
+    #[arg(long, env = "NS_MONGO_URL", default_value = "mongodb://127.0.0.1:27017")]
+    pub mongo_url: String,
+    /// Database name.
+    #[arg(long, env = "NS_MONGO_DB", default_value = "push")]
+    pub mongo_db: String,
+}
+
+/// Where RabbitMQ is.
+#[derive(Args, Clone, Debug)]
+pub struct AmqpConfig {
+    /// AMQP 0.9.1 URL of RabbitMQ.
+    #[arg(
+        long,
+        env = "NS_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Prefix of every queue and exchange name, to run several clusters on one broker.
+    #[arg(long, env = "NS_AMQP_PREFIX", default_value = "")]
+    pub amqp_prefix: String,
+}
+
+/// How the services build the notify URL they hand out and send.
+#[derive(Args, Clone, Debug)]
+pub struct PublicUrlConfig {
+    /// Public base URL of ns-as, as application servers reach it.
+    #[arg(long, env = "NS_NOTIFY_BASE_URL", default_value = "http://localhost:8081")]
+    pub notify_base_url: String,
+}
+
+impl PublicUrlConfig {
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let u = &self.notify_base_url;
+        if u.starts_with("http://") || u.starts_with("https://") {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "--notify-base-url must start with http:// or https:// (got {u:?})"
+            )))
+        }
+    }
+}
+
+/// Log output.
+#[derive(Args, Clone, Debug)]
+pub struct LogConfig {
+    /// Log as JSON lines (for containers) instead of text. Filter with RUST_LOG.
+    #[arg(long, env = "NS_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Collects every configuration problem so the binary can report them all at once.
+#[derive(Default)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    pub fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(ConfigError::Invalid(msg)) => {
+                self.0.push(msg);
+                None
+            }
+        }
+    }
+
+    /// Exits with `EX_USAGE` (64) after printing every problem, if there were any.
+    pub fn exit_if_any(self) {
+        if !self.0.is_empty() {
+            for p in &self.0 {
+                eprintln!("configuration error: {p}");
+            }
+            std::process::exit(64);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! MongoDB implementation of the store (to be written).
