@@ -4,12 +4,15 @@
 //! Nothing here knows about HTTP or WebSockets: the status mapping of errors lives at each
 //! HTTP edge.
 
+pub mod batch;
+pub mod bootstrap;
 pub mod broker;
 pub mod config;
 pub mod crypto;
 pub mod messages;
 pub mod metrics;
 pub mod model;
+pub mod retry;
 pub mod routing;
 pub mod shutdown;
 pub mod store;

@@ -1,1 +1,316 @@
-//! placeholder
+//! NS-AS: the endpoint application servers post notifications to (§3).
+//!
+//! A notification is answered 200 only after it is stored and its id is confirmed by the
+//! broker; anything it cannot persist is refused with 503.
+
+mod limiter;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use clap::Args;
+use common::broker::{Broker, NEW_MESSAGES};
+use common::crypto::PublicKey;
+use common::messages::{encode, NewMessage};
+use common::metrics::{Metric, Registry};
+use common::model::Notification;
+use common::store::Store;
+use common::validate::{validate_notify, Code, ProtocolError, DEFAULT_MAX_MESSAGE};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+pub use limiter::RateLimiter;
+
+/// Most apps whose key is kept in memory; past that the cache starts over.
+const APP_CACHE_LIMIT: usize = 100_000;
+
+/// The settings of ns-as.
+#[derive(Args, Clone, Debug)]
+pub struct Settings {
+    /// Largest `message`, in bytes of UTF-8.
+    #[arg(long, env = "NS_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE)]
+    pub max_message_bytes: usize,
+    /// Notifications per second accepted for one appToken (sustained); 0 disables the limit.
+    #[arg(long, env = "NS_RATE_LIMIT", default_value_t = 1000)]
+    pub rate_limit: u32,
+    /// Burst of notifications accepted for one appToken above the sustained rate.
+    #[arg(long, env = "NS_RATE_BURST", default_value_t = 2000)]
+    pub rate_burst: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_message_bytes: DEFAULT_MAX_MESSAGE,
+            rate_limit: 1000,
+            rate_burst: 2000,
+        }
+    }
+}
+
+impl Settings {
+    /// The largest body read: the message can grow six-fold through JSON escapes.
+    fn max_body(&self) -> u64 {
+        (self.max_message_bytes as u64) * 6 + 4096
+    }
+}
+
+/// What ns-as talks to.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub registry: Registry,
+}
+
+struct Metrics {
+    accepted: Arc<Metric>,
+    rejected: Arc<Metric>,
+    unavailable: Arc<Metric>,
+}
+
+/// What an app needs at notify time; `None` key means the app sends unsigned.
+type CachedApp = Option<Arc<PublicKey>>;
+
+struct State {
+    settings: Settings,
+    store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
+    apps: RwLock<HashMap<String, CachedApp>>,
+    limiter: RateLimiter,
+    metrics: Metrics,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted<'a> {
+    status: &'static str,
+    message_id: &'a str,
+}
+
+/// The routes of ns-as: notify, status, health and metrics.
+pub fn routes(
+    settings: Settings,
+    deps: Deps,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let metrics = Metrics {
+        accepted: deps
+            .registry
+            .counter("ns_as_accepted_total", "Notifications accepted."),
+        rejected: deps
+            .registry
+            .counter("ns_as_rejected_total", "Notifications refused as invalid."),
+        unavailable: deps.registry.counter(
+            "ns_as_unavailable_total",
+            "Notifications refused because the store or broker was unavailable.",
+        ),
+    };
+    let max_body = settings.max_body();
+    let state = Arc::new(State {
+        limiter: RateLimiter::new(settings.rate_limit, settings.rate_burst),
+        settings,
+        store: deps.store.clone(),
+        broker: deps.broker.clone(),
+        apps: RwLock::new(HashMap::new()),
+        metrics,
+    });
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+
+    let notify = warp::path!("notify" / String)
+        .and(warp::post())
+        .and(warp::body::content_length_limit(max_body))
+        .and(warp::body::bytes())
+        .and(with_state.clone())
+        .then(|app_token: String, body: Bytes, state: Arc<State>| async move {
+            match notify(&state, &app_token, &body).await {
+                Ok(message_id) => {
+                    state.metrics.accepted.inc();
+                    warp::reply::json(&Accepted {
+                        status: "ACCEPTED",
+                        message_id: &message_id,
+                    })
+                    .into_response()
+                }
+                Err(e) => {
+                    if e.code == Code::Unavailable {
+                        state.metrics.unavailable.inc();
+                    } else {
+                        state.metrics.rejected.inc();
+                    }
+                    error_response(&e, &state)
+                }
+            }
+        });
+
+    let status = warp::path!("notify" / String / String)
+        .and(warp::get())
+        .and(with_state)
+        .then(|app_token: String, id: String, state: Arc<State>| async move {
+            let now = common::now_secs();
+            match state.store.status(&app_token, &id, now).await {
+                Ok(Some(report)) => warp::reply::json(&report).into_response(),
+                Ok(None) => ns_http::error_reply(&ProtocolError::new(
+                    Code::NotFound,
+                    "unknown notification id",
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "status look-up failed");
+                    ns_http::error_reply(&unavailable())
+                }
+            }
+        });
+
+    let health = ns_http::Health {
+        store: Some(deps.store),
+        broker: Some(deps.broker),
+    };
+    notify
+        .or(status)
+        .unify()
+        .or(ns_http::ops_routes(health, deps.registry))
+        .unify()
+        .recover(ns_http::recover)
+        .unify()
+}
+
+fn error_response(error: &ProtocolError, state: &State) -> Response {
+    let mut response = ns_http::error_reply(error);
+    if error.code == Code::RateLimited {
+        let retry = state.limiter.retry_after_secs();
+        if let Ok(value) = warp::http::HeaderValue::from_str(&retry.to_string()) {
+            response.headers_mut().insert("retry-after", value);
+        }
+    }
+    response
+}
+
+fn unavailable() -> ProtocolError {
+    ProtocolError::new(
+        Code::Unavailable,
+        "the notification can't be stored right now; retry",
+    )
+}
+
+/// Accepts one notification; returns its server id.
+async fn notify(state: &State, app_token: &str, body: &[u8]) -> Result<String, ProtocolError> {
+    if !common::crypto::looks_like_app_token(app_token) {
+        return Err(ProtocolError::new(Code::NotFound, "unknown appToken"));
+    }
+    let key = app_key(state, app_token).await?;
+    let now = common::now_secs();
+    let request = validate_notify(body, state.settings.max_message_bytes, now)?;
+    if let Some(key) = key {
+        let Some(signature) = request.signature.as_deref() else {
+            return Err(ProtocolError::new(
+                Code::NotSigned,
+                "this WA registered a public key: the notification must be signed",
+            ));
+        };
+        key.verify(request.message.as_bytes(), signature)
+            .map_err(|_| ProtocolError::new(Code::BadSignature, "bad signature"))?;
+    }
+    if !state.limiter.allow(app_token) {
+        return Err(ProtocolError::new(
+            Code::RateLimited,
+            "too many notifications for this appToken",
+        ));
+    }
+
+    let notification = Notification {
+        message_id: uuid::Uuid::now_v7().simple().to_string(),
+        app_token: app_token.to_owned(),
+        expires_at: request.expires_at(),
+        id: request.id,
+        message: request.message,
+        ttl: request.ttl,
+        timestamp: request.timestamp,
+        priority: request.priority,
+        created_at: common::now_millis(),
+    };
+    // A `ttl: 0` notification is for the UAs connected right now: nothing is stored.
+    if !notification.is_ephemeral() {
+        state
+            .store
+            .insert_notification(&notification)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "storing a notification failed");
+                unavailable()
+            })?;
+    }
+    let message_id = notification.message_id.clone();
+    state
+        .broker
+        .publish(NEW_MESSAGES, encode(&NewMessage { notification }))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, message_id = %message_id, "publishing a notification failed");
+            unavailable()
+        })?;
+    Ok(message_id)
+}
+
+/// The app's public key, from the cache or the store; 404 for an unknown appToken.
+async fn app_key(state: &State, app_token: &str) -> Result<CachedApp, ProtocolError> {
+    if let Some(cached) = state
+        .apps
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(app_token)
+    {
+        return Ok(cached.clone());
+    }
+    let app = state.store.get_app(app_token).await.map_err(|e| {
+        tracing::warn!(error = %e, "app look-up failed");
+        unavailable()
+    })?;
+    let Some(app) = app else {
+        return Err(ProtocolError::new(Code::NotFound, "unknown appToken"));
+    };
+    let key = match app.pbk.as_deref() {
+        None => None,
+        Some(pem) => Some(Arc::new(PublicKey::from_pem(pem).map_err(|_| {
+            tracing::error!(app_token = %app_token, "stored public key does not parse");
+            ProtocolError::new(Code::Generic, "the WA's public key is not usable")
+        })?)),
+    };
+    // An appToken is derived from its content, so a cached entry never goes stale.
+    let mut apps = state.apps.write().unwrap_or_else(|e| e.into_inner());
+    if apps.len() >= APP_CACHE_LIMIT {
+        apps.clear();
+    }
+    apps.insert(app_token.to_owned(), key.clone());
+    Ok(key)
+}
+
+/// Runs ns-as on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    deps: Deps,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    declare_queue(&deps, &shutdown).await;
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "ns-as listening");
+    ns_http::serve(listener, routes(settings, deps), shutdown).await;
+    Ok(())
+}
+
+/// Declares `newMessages`, retrying while the broker is down: notifications accepted before
+/// the monitor starts must wait in the queue, not be returned as unroutable.
+async fn declare_queue(deps: &Deps, shutdown: &CancellationToken) {
+    common::retry::until_ok("declaring the newMessages queue", shutdown, || {
+        deps.broker.declare_durable(NEW_MESSAGES)
+    })
+    .await;
+}

@@ -1,1 +1,199 @@
-//! placeholder
+//! The HTTP edge shared by every service: the one mapping of protocol codes to HTTP
+//! statuses, protocol error replies, `/health` and `/metrics`, and serving with graceful
+//! shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::broker::Broker;
+use common::metrics::Registry;
+use common::store::Store;
+use common::validate::{Code, ProtocolError};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+/// The HTTP status of each protocol code (§6).
+pub fn status_of(code: Code) -> StatusCode {
+    match code {
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Code::TooBig => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Code::NotSigned | Code::BadSignature | Code::BadUaToken => StatusCode::UNAUTHORIZED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Generic
+        | Code::BadJson
+        | Code::BadMessageType
+        | Code::BadId
+        | Code::BadWaToken
+        | Code::BadPublicKey
+        | Code::NoUaRegistered
+        | Code::NoUaToken
+        | Code::Binary
+        | Code::BadField => StatusCode::BAD_REQUEST,
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    status: &'static str,
+    reason: &'a str,
+    code: u16,
+}
+
+/// `{"status": "ERROR", "reason", "code"}` with the code's HTTP status.
+pub fn error_reply(error: &ProtocolError) -> Response {
+    let body = ErrorBody {
+        status: "ERROR",
+        reason: &error.reason,
+        code: error.code.number(),
+    };
+    let mut response = warp::reply::with_status(warp::reply::json(&body), status_of(error.code))
+        .into_response();
+    if error.code == Code::Unavailable {
+        response
+            .headers_mut()
+            .insert("retry-after", warp::http::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Turns warp's own rejections (no route, wrong method, body too large) into protocol errors.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ProtocolError::new(Code::NotFound, "not found")
+    } else if rejection
+        .find::<warp::reject::PayloadTooLarge>()
+        .is_some()
+    {
+        ProtocolError::new(Code::TooBig, "body too big")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ProtocolError::new(Code::MethodNotAllowed, "method not allowed")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ProtocolError::new(Code::Generic, "a Content-Length is required")
+    } else {
+        ProtocolError::new(Code::Generic, "bad request")
+    };
+    Ok(error_reply(&error))
+}
+
+/// What `/health` checks: the dependencies a component has.
+#[derive(Clone, Default)]
+pub struct Health {
+    pub store: Option<Arc<dyn Store>>,
+    pub broker: Option<Arc<dyn Broker>>,
+}
+
+impl Health {
+    /// True when every dependency answers within a second.
+    pub async fn check(&self) -> bool {
+        if let Some(broker) = &self.broker {
+            if !broker.is_healthy() {
+                return false;
+            }
+        }
+        if let Some(store) = &self.store {
+            match tokio::time::timeout(Duration::from_secs(1), store.ping()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// `GET /health` and `GET /metrics`.
+pub fn ops_routes(
+    health: Health,
+    registry: Registry,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let health = warp::path("health")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and_then(move || {
+            let health = health.clone();
+            async move {
+                let response = if health.check().await {
+                    warp::reply::with_status("OK", StatusCode::OK).into_response()
+                } else {
+                    warp::reply::with_status("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE)
+                        .into_response()
+                };
+                Ok::<_, Infallible>(response)
+            }
+        });
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(move || {
+            warp::reply::with_header(
+                registry.render(),
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response()
+        });
+    health.or(metrics).unify()
+}
+
+/// Serves `filter` on `listener` until `shutdown` is cancelled, then lets requests in
+/// flight finish.
+pub async fn serve<F, R>(listener: TcpListener, filter: F, shutdown: CancellationToken)
+where
+    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
+    R: Reply,
+{
+    warp::serve(filter)
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await })
+        .run()
+        .await;
+}
+
+/// Serves one already-accepted connection with `filter` (for listeners that also take
+/// WebSocket upgrades themselves).
+pub async fn serve_connection<F, R>(stream: tokio::net::TcpStream, filter: F)
+where
+    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
+    R: Reply,
+{
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(filter));
+    let io = hyper_util::rt::TokioIo::new(stream);
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await
+    {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_path_is_a_protocol_404() {
+        let routes = ops_routes(Health::default(), Registry::default()).recover(recover);
+        let res = warp::test::request().path("/nope").reply(&routes).await;
+        assert_eq!(res.status(), 404);
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(body["code"], 404);
+        assert_eq!(body["status"], "ERROR");
+    }
+
+    #[tokio::test]
+    async fn health_and_metrics_answer() {
+        let registry = Registry::default();
+        registry.counter("ns_test_total", "Test.").inc();
+        let routes = ops_routes(Health::default(), registry).recover(recover);
+        let res = warp::test::request().path("/health").reply(&routes).await;
+        assert_eq!(res.status(), 200);
+        let res = warp::test::request().path("/metrics").reply(&routes).await;
+        assert!(String::from_utf8_lossy(res.body()).contains("ns_test_total 1"));
+    }
+}

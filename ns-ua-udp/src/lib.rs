@@ -1,1 +1,335 @@
-//! placeholder
+//! NS-UA-UDP: wakes sleeping UAs with a UDP datagram and serves `POST /pull` and
+//! `POST /ack` (§4).
+
+mod coalesce;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use common::batch::DeliveryWriter;
+use common::broker::{Broker, QueueKind, UDP_WAKEUPS};
+use common::crypto::Secret;
+use common::messages::{decode, WakeUp};
+use common::metrics::{Metric, Registry};
+use common::model::{DeliveryStatus, Interface, UaId};
+use common::store::{DeliveryUpdate, Store};
+use common::validate::{Code, ProtocolError};
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use coalesce::{Coalescer, Decision};
+
+/// Largest pull or ack body.
+const MAX_BODY: u64 = 64 * 1024;
+/// Most ids in one `POST /ack`.
+const MAX_ACK_IDS: usize = 1000;
+
+/// The settings of ns-ua-udp.
+#[derive(Args, Clone, Debug)]
+pub struct Settings {
+    /// Least time between two wake-ups of one UA while its notifications are unpulled (s).
+    #[arg(long, env = "NS_WAKEUP_INTERVAL_SECS", default_value_t = 5)]
+    pub wakeup_interval_secs: u64,
+    /// Time within which a priority-2 notification wakes its UA (s).
+    #[arg(long, env = "NS_COALESCE_WINDOW_SECS", default_value_t = 30)]
+    pub coalesce_window_secs: u64,
+    /// Notifications returned by a pull without a `limit`, and the most with one.
+    #[arg(long, env = "NS_MAX_PULL", default_value_t = 100)]
+    pub max_pull: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            wakeup_interval_secs: 5,
+            coalesce_window_secs: 30,
+            max_pull: 100,
+        }
+    }
+}
+
+/// What ns-ua-udp talks to.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub registry: Registry,
+    pub secret: Secret,
+    pub notify_base_url: String,
+}
+
+struct Metrics {
+    datagrams: Arc<Metric>,
+    pulls: Arc<Metric>,
+    acked: Arc<Metric>,
+}
+
+struct State {
+    settings: Settings,
+    deps: Deps,
+    writer: DeliveryWriter,
+    coalescer: Mutex<Coalescer>,
+    /// Wakes the sender when a wake-up is scheduled earlier than it was sleeping for.
+    rescheduled: tokio::sync::Notify,
+    metrics: Metrics,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    uatoken: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AckRequest {
+    uatoken: Option<String>,
+    message_ids: Option<Vec<String>>,
+}
+
+fn bad_token() -> ProtocolError {
+    ProtocolError::new(Code::BadUaToken, "uatoken not valid; get a new one")
+}
+
+fn unavailable() -> ProtocolError {
+    ProtocolError::new(Code::Unavailable, "a dependency is unavailable; retry")
+}
+
+impl State {
+    fn ua(&self, token: Option<&str>) -> Result<UaId, ProtocolError> {
+        token
+            .and_then(|t| common::crypto::verify_uatoken(&self.deps.secret, t))
+            .ok_or_else(bad_token)
+    }
+
+    async fn pull(&self, body: &[u8]) -> Result<Response, ProtocolError> {
+        let request: PullRequest = serde_json::from_slice(body)
+            .map_err(|_| ProtocolError::new(Code::BadJson, "body is not valid JSON"))?;
+        let ua = self.ua(request.uatoken.as_deref())?;
+        let limit = request
+            .limit
+            .unwrap_or(self.settings.max_pull)
+            .clamp(1, self.settings.max_pull);
+        let now = common::now_secs();
+        let messages = self
+            .deps
+            .store
+            .outstanding(&ua, now, limit)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "reading pending notifications failed");
+                unavailable()
+            })?;
+        let updates = messages
+            .iter()
+            .map(|n| DeliveryUpdate {
+                message_id: n.message_id.clone(),
+                ua: ua.clone(),
+                status: DeliveryStatus::Sent,
+            })
+            .collect();
+        if self.writer.write(updates).await.is_err() {
+            tracing::warn!("recording pulled notifications as sent failed");
+        }
+        self.coalescer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pulled(&ua);
+        self.metrics.pulls.inc();
+        let frames: Vec<_> = messages
+            .iter()
+            .map(|n| n.to_frame(&self.deps.notify_base_url))
+            .collect();
+        Ok(warp::reply::json(&serde_json::json!({ "messages": frames })).into_response())
+    }
+
+    async fn ack(&self, body: &[u8]) -> Result<Response, ProtocolError> {
+        let request: AckRequest = serde_json::from_slice(body)
+            .map_err(|_| ProtocolError::new(Code::BadJson, "body is not valid JSON"))?;
+        let ua = self.ua(request.uatoken.as_deref())?;
+        let ids = request.message_ids.ok_or_else(|| {
+            ProtocolError::new(Code::Generic, "messageIds (array of strings) is required")
+        })?;
+        if ids.len() > MAX_ACK_IDS {
+            return Err(ProtocolError::new(Code::TooBig, "too many message ids"));
+        }
+        let updates: Vec<_> = ids
+            .into_iter()
+            .map(|message_id| DeliveryUpdate {
+                message_id,
+                ua: ua.clone(),
+                status: DeliveryStatus::Acked,
+            })
+            .collect();
+        // Acks are answered with a count, so they go straight to the store (not batched).
+        let acked = self
+            .deps
+            .store
+            .update_deliveries(&updates, common::now_secs())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "storing acks failed");
+                unavailable()
+            })?;
+        self.metrics.acked.add(acked as i64);
+        Ok(warp::reply::json(&serde_json::json!({ "acked": acked })).into_response())
+    }
+}
+
+fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let pull = warp::path("pull")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_BODY))
+        .and(warp::body::bytes())
+        .and(with_state.clone())
+        .then(|body: Bytes, state: Arc<State>| async move {
+            state
+                .pull(&body)
+                .await
+                .unwrap_or_else(|e| ns_http::error_reply(&e))
+        });
+    let ack = warp::path("ack")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_BODY))
+        .and(warp::body::bytes())
+        .and(with_state)
+        .then(|body: Bytes, state: Arc<State>| async move {
+            state
+                .ack(&body)
+                .await
+                .unwrap_or_else(|e| ns_http::error_reply(&e))
+        });
+    let health = ns_http::Health {
+        store: Some(state.deps.store.clone()),
+        broker: Some(state.deps.broker.clone()),
+    };
+    pull.or(ack)
+        .unify()
+        .or(ns_http::ops_routes(health, state.deps.registry.clone()))
+        .unify()
+        .recover(ns_http::recover)
+        .unify()
+}
+
+/// Runs ns-ua-udp until `shutdown` is cancelled: consumes wake-ups, sends datagrams, and
+/// serves pull and ack on `listener`.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    deps: Deps,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(("0.0.0.0", 0)).await?;
+    let r = &deps.registry;
+    let metrics = Metrics {
+        datagrams: r.counter("ns_udp_wakeups_sent_total", "Wake-up datagrams sent."),
+        pulls: r.counter("ns_udp_pulls_total", "Pulls served."),
+        acked: r.counter("ns_udp_acked_total", "Notifications acked by POST /ack."),
+    };
+    let state = Arc::new(State {
+        coalescer: Mutex::new(Coalescer::new(
+            Duration::from_secs(settings.wakeup_interval_secs),
+            Duration::from_secs(settings.coalesce_window_secs),
+        )),
+        writer: DeliveryWriter::spawn(deps.store.clone()),
+        settings,
+        deps,
+        rescheduled: tokio::sync::Notify::new(),
+        metrics,
+    });
+    let tasks = TaskTracker::new();
+    let socket = Arc::new(socket);
+    tasks.spawn(consume(state.clone(), socket.clone(), shutdown.clone()));
+    tasks.spawn(send_scheduled(state.clone(), socket, shutdown.clone()));
+
+    tracing::info!(addr = ?listener.local_addr().ok(), "ns-ua-udp listening");
+    ns_http::serve(listener, routes(state), shutdown).await;
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+    Ok(())
+}
+
+async fn send_datagram(state: &State, socket: &UdpSocket, interface: &Interface) {
+    let target = std::net::SocketAddr::new(interface.ip, interface.port);
+    match socket.send_to(b"NOTIFY", target).await {
+        Ok(_) => state.metrics.datagrams.inc(),
+        Err(e) => tracing::debug!(error = %e, "sending a wake-up failed"),
+    }
+}
+
+async fn consume(state: Arc<State>, socket: Arc<UdpSocket>, shutdown: CancellationToken) {
+    let Some(mut subscription) = common::retry::until_ok("consuming udpWakeups", &shutdown, || {
+        state.deps.broker.consume(UDP_WAKEUPS, QueueKind::Durable, 512)
+    })
+    .await
+    else {
+        return;
+    };
+    futures::stream::poll_fn(move |cx| subscription.poll_recv(cx))
+        .take_until(shutdown.cancelled())
+        .for_each_concurrent(64, |delivery| {
+            let (state, socket) = (state.clone(), socket.clone());
+            async move {
+                match decode::<WakeUp>(&delivery.payload) {
+                    Ok(wake) => {
+                        let decision = state
+                            .coalescer
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .request(&wake.ua, wake.interface, wake.priority, Instant::now());
+                        match decision {
+                            Decision::SendNow(interface) => {
+                                send_datagram(&state, &socket, &interface).await
+                            }
+                            Decision::Scheduled(_) => state.rescheduled.notify_one(),
+                            Decision::Ignored => {}
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "malformed wake-up dropped"),
+                }
+                // A wake-up is advisory: the notification itself stays pending in the store.
+                let _ = delivery.ack().await;
+            }
+        })
+        .await;
+}
+
+async fn send_scheduled(state: Arc<State>, socket: Arc<UdpSocket>, shutdown: CancellationToken) {
+    loop {
+        let next = state
+            .coalescer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_due();
+        let sleep_until = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep_until(sleep_until.into()) => {}
+            _ = state.rescheduled.notified() => continue,
+            _ = shutdown.cancelled() => return,
+        }
+        let due = {
+            let mut c = state.coalescer.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let due = c.due(now);
+            c.prune(now);
+            due
+        };
+        for (_, interface) in due {
+            send_datagram(&state, &socket, &interface).await;
+        }
+    }
+}

@@ -89,6 +89,12 @@ pub trait Broker: Send + Sync + 'static {
     /// message (publisher confirm). Fails with `Unroutable` when the queue does not exist.
     async fn publish(&self, queue: &str, payload: Bytes) -> Result<(), BrokerError>;
 
+    /// Declares a durable queue so publishes to it are kept even before its consumers start.
+    async fn declare_durable(&self, queue: &str) -> Result<(), BrokerError> {
+        let _ = queue;
+        Ok(())
+    }
+
     /// Declares the queue (if needed) and consumes it with at most `prefetch` unacked
     /// messages in flight.
     async fn consume(

@@ -1,6 +1,7 @@
 //! The store seam: everything the services keep. MongoDB ([`mongo::MongoStore`]) in the
 //! distributed mode, an embedded database in the one-process mode.
 
+pub mod conformance;
 pub mod mongo;
 
 use async_trait::async_trait;

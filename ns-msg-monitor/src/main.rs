@@ -1,0 +1,43 @@
+//! The ns-msg-monitor binary: parses its configuration and runs the service.
+
+use anyhow::Context;
+use clap::Parser;
+use common::config::{AmqpConfig, LogConfig, MongoConfig};
+use common::metrics::Registry;
+
+/// NS-MSG-Monitor: routes new notifications to the front-ends.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Address of the health and metrics endpoint.
+    #[arg(long, env = "NS_LISTEN", default_value = "0.0.0.0:8083")]
+    listen: std::net::SocketAddr,
+    #[command(flatten)]
+    settings: ns_msg_monitor::Settings,
+    #[command(flatten)]
+    mongo: MongoConfig,
+    #[command(flatten)]
+    amqp: AmqpConfig,
+    #[command(flatten)]
+    log: LogConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    common::telemetry::init(&cli.log);
+    let shutdown = common::shutdown::on_signal();
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    let Some((store, broker)) = common::bootstrap::connect(&cli.mongo, &cli.amqp, &shutdown).await
+    else {
+        return Ok(());
+    };
+    let deps = ns_msg_monitor::Deps {
+        store,
+        broker,
+        registry: Registry::default(),
+    };
+    ns_msg_monitor::run(cli.settings, listener, deps, shutdown).await
+}
