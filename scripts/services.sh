@@ -53,12 +53,12 @@ EOF
 rabbit_up() { port_open "$AMQP_PORT"; }
 mongo_up() { mongo_ping "$MONGO_PORT"; }
 
-# Polls "$2..." until it succeeds or the deadline passes; $1 names the service.
+# Polls "$3..." until it succeeds or the deadline passes; $1 names the service, $2 is a hint.
 wait_for() {
-    local name=$1 deadline=$((SECONDS + TIMEOUT))
-    shift
+    local name=$1 hint=$2 deadline=$((SECONDS + TIMEOUT))
+    shift 2
     until "$@"; do
-        ((SECONDS < deadline)) || die "$name did not answer within ${TIMEOUT}s${HINT:+ ($HINT)}"
+        ((SECONDS < deadline)) || die "$name did not answer within ${TIMEOUT}s ($hint)"
         sleep 1
     done
     say "$name is ready"
@@ -89,11 +89,11 @@ start_rabbit() {
         RABBITMQ_NODE_IP_ADDRESS="${RABBITMQ_NODE_IP_ADDRESS:-127.0.0.1}" rabbitmq-server -detached
         touch "$RABBIT_MARK"
     fi
-    HINT="see /var/log/rabbitmq/" wait_for "rabbitmq on 127.0.0.1:$AMQP_PORT" rabbit_up
+    wait_for "rabbitmq on 127.0.0.1:$AMQP_PORT" "see /var/log/rabbitmq/" rabbit_up
 }
 
 start_mongo() {
-    local pid
+    local pid hint="see $MONGO_LOG"
     if ! command -v secantusd-py >/dev/null; then
         say "installing SecantusDB==0.7.0b3 (pip)"
         PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q SecantusDB==0.7.0b3
@@ -105,14 +105,15 @@ start_mongo() {
         say "secantusd (pid $pid) is already running"
     elif port_open "$MONGO_PORT"; then
         say "something already listens on 127.0.0.1:$MONGO_PORT, reusing it"
+        hint="is it a MongoDB server?"
     else
         say "starting secantusd on 127.0.0.1:$MONGO_PORT (data $DIR/mongo, log $MONGO_LOG)"
         mkdir -p "$DIR/mongo"
-        nohup secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$DIR/mongo" \
+        setsid nohup secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$DIR/mongo" \
             >"$MONGO_LOG" 2>&1 </dev/null &
         echo $! >"$MONGO_PID"
     fi
-    HINT="see $MONGO_LOG" wait_for "mongodb-wire server on 127.0.0.1:$MONGO_PORT" mongo_up
+    wait_for "mongodb-wire server on 127.0.0.1:$MONGO_PORT" "$hint" mongo_up
 }
 
 stop_mongo() {

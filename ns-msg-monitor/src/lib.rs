@@ -47,6 +47,10 @@ pub struct Settings {
     /// How long an acked delivery stays visible in the status endpoint (seconds).
     #[arg(long, env = "NS_ACKED_RETENTION_SECS", default_value_t = 3600)]
     pub acked_retention_secs: i64,
+    /// Route every unrouted notification once at start, whatever its age. Right when this
+    /// monitor is the only one (the one-process mode): nothing can be in flight then.
+    #[arg(long, env = "NS_SWEEP_AT_START")]
+    pub sweep_at_start: bool,
 }
 
 impl Default for Settings {
@@ -58,6 +62,7 @@ impl Default for Settings {
             sweep_min_age_secs: 30,
             purge_interval_secs: 60,
             acked_retention_secs: 3600,
+            sweep_at_start: false,
         }
     }
 }
@@ -113,7 +118,7 @@ enum RouteError {
 }
 
 /// The routing of notifications, shared by the queue consumer and the sweep.
-pub struct Router {
+struct Router {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     cache: RouteCache,
@@ -219,7 +224,7 @@ impl Router {
     }
 
     /// Routes notifications that were stored but never routed and are older than `min_age`.
-    pub async fn sweep(&self, min_age: Duration) -> usize {
+    async fn sweep(&self, min_age: Duration) -> usize {
         let cutoff = common::now_millis() - min_age.as_millis() as i64;
         let pending = match self.store.unrouted(1000).await {
             Ok(p) => p,
@@ -254,6 +259,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let router = Arc::new(Router::new(&deps));
+    if settings.sweep_at_start {
+        // Bounded, in case the store keeps listing something it can't route.
+        for _ in 0..1000 {
+            if router.sweep(Duration::ZERO).await == 0 {
+                break;
+            }
+        }
+    }
     let tasks = TaskTracker::new();
     spawn_tasks(&settings, &deps, &router, &tasks, &shutdown);
 
@@ -276,7 +289,7 @@ pub async fn run(
 }
 
 /// Starts the monitor's background work on `tasks`; it stops when `shutdown` is cancelled.
-pub fn spawn_tasks(
+fn spawn_tasks(
     settings: &Settings,
     deps: &Deps,
     router: &Arc<Router>,
@@ -320,11 +333,6 @@ pub fn spawn_tasks(
             }
         }
     });
-}
-
-/// Builds the router for embedding the monitor in another process.
-pub fn router(deps: &Deps) -> Arc<Router> {
-    Arc::new(Router::new(deps))
 }
 
 async fn consume_events(router: Arc<Router>, shutdown: CancellationToken) {

@@ -2,10 +2,11 @@
 //! connections here, records them as sent, and only then acks the broker. UAs that are not
 //! here any more are treated as offline (woken by UDP if they can be, else left pending).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::broker::{front_end_queue, QueueKind, UDP_WAKEUPS};
+use common::broker::{front_end_queue, BrokerError, QueueKind, UDP_WAKEUPS};
 use common::messages::{decode, encode, FrontEndMessage, WakeUp};
 use common::model::{DeliveryStatus, Notification, UaId};
 use common::routing::{decide, Target};
@@ -88,7 +89,8 @@ async fn deliver(shared: &Shared, n: &Notification, targets: &[UaId]) -> bool {
     if away.is_empty() || n.is_ephemeral() {
         return true;
     }
-    // Routed here but not here (just disconnected, or too slow): offline handling.
+    // Routed here but not here: the UA moved to another instance (forward it there), or it
+    // disconnected or is too slow (offline handling).
     let routes = match shared.deps.store.ua_routes(&away).await {
         Ok(r) => r,
         Err(e) => {
@@ -96,10 +98,41 @@ async fn deliver(shared: &Shared, n: &Notification, targets: &[UaId]) -> bool {
             return false;
         }
     };
-    for route in routes {
-        if let Target::Wake(interface) = decide(&route, n.priority, false, false) {
+    let mut elsewhere: HashMap<&str, Vec<UaId>> = HashMap::new();
+    let mut offline = Vec::new();
+    for route in &routes {
+        match route.node.as_deref() {
+            Some(node) if node != shared.server_id => {
+                elsewhere.entry(node).or_default().push(route.ua.clone())
+            }
+            _ => offline.push(route),
+        }
+    }
+    for (node, targets) in elsewhere {
+        let message = FrontEndMessage::Deliver {
+            notification: n.clone(),
+            targets: targets.clone(),
+        };
+        match shared
+            .deps
+            .broker
+            .publish(&front_end_queue(node), encode(&message))
+            .await
+        {
+            Ok(()) => {}
+            Err(BrokerError::Unroutable(_)) => {
+                offline.extend(routes.iter().filter(|r| targets.contains(&r.ua)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "forwarding to another front-end failed");
+                return false;
+            }
+        }
+    }
+    for route in offline {
+        if let Target::Wake(interface) = decide(route, n.priority, false, false) {
             let wake = WakeUp {
-                ua: route.ua,
+                ua: route.ua.clone(),
                 interface,
                 priority: n.priority,
             };

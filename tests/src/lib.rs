@@ -1,1 +1,32 @@
-//! placeholder
+//! Test harness: starts the real binaries against the real RabbitMQ and MongoDB-wire
+//! servers (or the one-process mode on a data directory) and talks to them as a client of
+//! the protocol would: HTTP, WebSocket and UDP.
+
+#![allow(unreachable_pub)]
+
+pub mod client;
+pub mod cluster;
+
+pub use client::{Ua, UaEvent};
+pub use cluster::{Backend, Cluster, Options};
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

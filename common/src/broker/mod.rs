@@ -2,6 +2,7 @@
 //! distributed mode, in-process channels in the one-process mode.
 
 pub mod amqp;
+pub mod local;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -449,15 +449,17 @@ pub async fn outstanding_order_filter_and_limit(store: &dyn Store) {
     let ua = new_ua();
     let other_ua = new_ua();
 
-    // Stored out of creation order, so the store must sort by `created_at`.
+    // Made and stored out of creation order, so that neither the order of the message ids
+    // (UUIDv7, which sort by the time they were made) nor the order of storing gives the
+    // order of `created_at`.
+    let third = notification(&app, &uid(), 3600, now, created + 3);
     let second = notification(&app, &uid(), 3600, now, created + 2);
     let first = notification(&app, &uid(), 3600, now, created + 1);
-    let third = notification(&app, &uid(), 3600, now, created + 3);
     let short = notification(&app, &uid(), 60, now, created + 4);
     let acked = notification(&app, &uid(), 3600, now, created);
     let replaced = notification(&app, &uid(), 3600, now, created + 5);
     let replacement = notification(&app, &replaced.id, 3600, now, created + 6);
-    for n in [&second, &first, &third, &short, &acked, &replaced] {
+    for n in [&second, &third, &first, &short, &acked, &replaced] {
         store
             .insert_notification(n)
             .await

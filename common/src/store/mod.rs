@@ -83,7 +83,8 @@ pub trait Store: Send + Sync + 'static {
     /// notification is no longer stored or was replaced: it must not be routed then.
     async fn add_deliveries(&self, n: &Notification, uas: &[UaId]) -> StoreResult<bool>;
 
-    /// Notifications stored but not yet routed (a crash between store and route); oldest first.
+    /// Notifications stored but not yet routed (a crash between store and route), leaving out
+    /// replaced and expired ones; oldest first.
     async fn unrouted(&self, limit: usize) -> StoreResult<Vec<Notification>>;
 
     /// Applies delivery state changes. `Sent` never downgrades `Acked`; updates of unknown

@@ -1,0 +1,76 @@
+//! What only the one-process mode has: its data directory survives `kill -9`.
+
+use std::time::Duration;
+
+use ns_tests::{Backend, Cluster, Ua};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_nothing_that_was_answered() {
+    let mut c = Cluster::start(Backend::Embedded).await;
+    let token = c.token().await;
+    let mut ua = Ua::registered(&c.ws_url(0), &token).await;
+    let url = ua.register_wa("wa-durable").await;
+    // One notification acked before the crash must not come back.
+    let (_, acked) = c.notify(&url, &json!({"id": "acked", "message": "a"}).to_string()).await;
+    let n = ua.next_notifications().await;
+    ua.ack(&[n[0]["messageId"].as_str().unwrap()]).await;
+    ns_tests::eventually("the ack to be stored", Duration::from_secs(20), || async {
+        let v: serde_json::Value = reqwest::get(format!("{url}/acked")).await.ok()?.json().await.ok()?;
+        (v["deliveries"][0]["status"] == "acked").then_some(())
+    })
+    .await;
+    ua.close().await;
+
+    // Notifications answered 200 right up to the kill.
+    let mut answered = std::collections::HashSet::new();
+    let sender = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut ids = Vec::new();
+            for i in 0..900 {
+                let r = client
+                    .post(&url)
+                    .body(json!({"id": format!("k{i}"), "message": "m"}).to_string())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => {
+                        let v: serde_json::Value = r.json().await.unwrap_or_default();
+                        if let Some(id) = v["messageId"].as_str() {
+                            ids.push(id.to_owned());
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            ids
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.proc("ns-standalone").kill();
+    answered.extend(sender.await.unwrap());
+    assert!(!answered.is_empty(), "nothing was answered before the kill");
+
+    c.proc("ns-standalone").start();
+    c.wait_healthy().await;
+    let mut ua = Ua::registered(&c.ws_url(0), &token).await;
+    let mut got = std::collections::HashSet::new();
+    while !answered.is_subset(&got) {
+        for n in ua.next_notifications().await {
+            assert_ne!(n["messageId"], acked["messageId"], "an acked notification came back");
+            got.insert(n["messageId"].as_str().unwrap().to_owned());
+        }
+    }
+    eprintln!(
+        "kill -9: {} notifications answered 200 before the kill, {} delivered after restart, 0 lost",
+        answered.len(),
+        got.len()
+    );
+    // The notify URL still works after the restart.
+    let (status, v) = c.notify(&url, &json!({"id": "after", "message": "m"}).to_string()).await;
+    assert_eq!(status, 200);
+    let more = ua.next_notifications().await;
+    assert!(more.iter().any(|n| n["messageId"] == v["messageId"]));
+}
