@@ -48,28 +48,39 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// The directory of the workspace's binaries, built once per test run.
-fn bin_dir() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+/// Builds the server binaries of `packages` (once per test run each) and returns the
+/// directory they are in.
+fn bin_dir(packages: &'static [&'static str]) -> PathBuf {
+    static DISTRIBUTED: OnceLock<()> = OnceLock::new();
+    static EMBEDDED: OnceLock<()> = OnceLock::new();
+    let once = if packages.contains(&"ns-standalone") {
+        &EMBEDDED
+    } else {
+        &DISTRIBUTED
+    };
+    once.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        command
             .current_dir(&workspace)
-            .args(["build", "--quiet", "--bins"])
-            .args(["-p", "ns-as", "-p", "ns-msg-monitor", "-p", "ns-ua-ws", "-p", "ns-ua-udp"])
-            .args(["-p", "ns-standalone"])
-            .status()
-            .expect("running cargo build for the server binaries");
+            .args(["build", "--quiet", "--bins"]);
+        for p in packages {
+            command.args(["-p", p]);
+        }
+        let status = command.status().expect("running cargo build for the server binaries");
         assert!(status.success(), "building the server binaries failed");
-        // This test binary is target/<profile>/deps/<name>; the server binaries are one up.
-        let exe = std::env::current_exe().expect("test binary path");
-        exe.parent()
-            .and_then(|deps| deps.parent())
-            .expect("target directory")
-            .to_path_buf()
-    })
+    });
+    // This test binary is target/<profile>/deps/<name>; the server binaries are one up.
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory")
+        .to_path_buf()
 }
+
+const DISTRIBUTED_BINS: &[&str] = &["ns-as", "ns-msg-monitor", "ns-ua-ws", "ns-ua-udp"];
+const EMBEDDED_BINS: &[&str] = &["ns-standalone"];
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
@@ -102,7 +113,12 @@ impl Proc {
     /// Starts (again) with the same arguments.
     pub fn start(&mut self) {
         let log = std::env::var("NS_TEST_LOG").is_ok();
-        let child = Command::new(bin_dir().join(&self.name))
+        let packages = if self.name == "ns-standalone" {
+            EMBEDDED_BINS
+        } else {
+            DISTRIBUTED_BINS
+        };
+        let child = Command::new(bin_dir(packages).join(&self.name))
             .args(&self.args)
             .envs(self.env.iter().cloned())
             .env(

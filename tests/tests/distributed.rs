@@ -37,6 +37,11 @@ async fn a_uatoken_is_live_on_one_connection_across_instances() {
     // The same uatoken registers on the second instance: the first connection is closed.
     let mut moved = Ua::registered(&c.ws_url(1), &token).await;
     assert_eq!(on_first.next_event(DEADLINE).await, Some(UaEvent::Closed));
+    // "a" was never acked, so the new connection gets it again first.
+    let again = moved.next_notifications().await;
+    assert_eq!(again[0]["id"], "a");
+    let a_id = again[0]["messageId"].as_str().unwrap().to_owned();
+    moved.ack(&[&a_id]).await;
     let (_, v) = c.notify(&url, &json!({"id": "b", "message": "moved"}).to_string()).await;
     assert_eq!(moved.next_notifications().await[0]["messageId"], v["messageId"]);
     assert_eq!(other.next_notifications().await[0]["messageId"], v["messageId"]);
@@ -119,8 +124,11 @@ impl PrivateMongo {
         PrivateMongo { child, port, dir }
     }
 
+    /// Stops the server as an operator would (SIGTERM), keeping its data.
     fn stop(mut self) -> tempfile::TempDir {
-        let _ = self.child.kill();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
         let dir = tempfile::tempdir().expect("tempdir");
         std::mem::replace(&mut self.dir, dir)

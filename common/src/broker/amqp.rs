@@ -117,9 +117,7 @@ impl From<Failure> for BrokerError {
     }
 }
 
-async fn within<T>(
-    future: impl Future<Output = Result<T, lapin::Error>>,
-) -> Result<T, Failure> {
+async fn within<T>(future: impl Future<Output = Result<T, lapin::Error>>) -> Result<T, Failure> {
     match tokio::time::timeout(SETUP_TIMEOUT, future).await {
         Ok(result) => result.map_err(Failure::from),
         Err(_) => Err(Failure::Timeout(SETUP_TIMEOUT)),
@@ -594,7 +592,14 @@ fn settle(pending: &mut BTreeMap<u64, Pending>, returned: &mut HashSet<u64>) {
         if entry.get().outcome.is_none() {
             break;
         }
-        let (id, Pending { queue, reply, outcome }) = entry.remove_entry();
+        let (
+            id,
+            Pending {
+                queue,
+                reply,
+                outcome,
+            },
+        ) = entry.remove_entry();
         let was_returned = returned.remove(&id);
         let result = match outcome {
             Some(Outcome::Ack) if was_returned => Err(BrokerError::Unroutable(queue)),
@@ -761,12 +766,33 @@ async fn run_subscription(
     let mut consuming = first;
     // For events: the caller must be told (empty payload) that some may have been missed.
     let mut missed = false;
+    // Slows down a subscription that keeps ending as soon as it is made.
+    let mut backoff = Backoff::new();
     loop {
-        let end = pump(&shared, &target, &tx, &mut consuming, &mut live_rx, &mut missed).await;
+        let since = tokio::time::Instant::now();
+        let end = pump(
+            &shared,
+            &target,
+            &tx,
+            &mut consuming,
+            &mut live_rx,
+            &mut missed,
+        )
+        .await;
         close_quietly(&consuming.channel).await;
         if let End::Done = end {
             debug!(target = %target, "subscription ended");
             return;
+        }
+        if since.elapsed() < BACKOFF_MAX {
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = shared.stop.cancelled() => return,
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        } else {
+            backoff = Backoff::new();
         }
         consuming = match resubscribe(&shared, &target, &tx, &mut live_rx).await {
             Some(consuming) => consuming,
@@ -991,6 +1017,7 @@ mod tests {
             let _ = channel
                 .exchange_delete(exchange.into(), Default::default())
                 .await;
+            let _ = channel.close(200, "test done".into()).await;
         }
         let _ = connection.close(200, "test done".into()).await;
     }
@@ -1000,14 +1027,20 @@ mod tests {
         let (broker, prefix) = broker().await;
         assert!(broker.is_healthy());
         let mut subscription = broker.consume("q", QueueKind::Durable, 10).await.unwrap();
-        broker.publish("q", Bytes::from_static(b"one")).await.unwrap();
+        broker
+            .publish("q", Bytes::from_static(b"one"))
+            .await
+            .unwrap();
         let delivery = next(&mut subscription).await;
         assert_eq!(delivery.payload, Bytes::from_static(b"one"));
         delivery.ack().await.unwrap();
 
         // Acked: a new subscription gets the next message, not this one again.
         drop(subscription);
-        broker.publish("q", Bytes::from_static(b"two")).await.unwrap();
+        broker
+            .publish("q", Bytes::from_static(b"two"))
+            .await
+            .unwrap();
         let mut subscription = broker.consume("q", QueueKind::Durable, 10).await.unwrap();
         let delivery = next(&mut subscription).await;
         assert_eq!(delivery.payload, Bytes::from_static(b"two"));
@@ -1019,7 +1052,10 @@ mod tests {
     async fn nack_redelivers() {
         let (broker, prefix) = broker().await;
         let mut subscription = broker.consume("q", QueueKind::Durable, 10).await.unwrap();
-        broker.publish("q", Bytes::from_static(b"again")).await.unwrap();
+        broker
+            .publish("q", Bytes::from_static(b"again"))
+            .await
+            .unwrap();
         next(&mut subscription).await.nack().await.unwrap();
         let delivery = next(&mut subscription).await;
         assert_eq!(delivery.payload, Bytes::from_static(b"again"));
@@ -1031,7 +1067,10 @@ mod tests {
     async fn unacked_delivery_comes_back_after_the_subscription_is_dropped() {
         let (broker, prefix) = broker().await;
         let mut subscription = broker.consume("q", QueueKind::Durable, 10).await.unwrap();
-        broker.publish("q", Bytes::from_static(b"lost?")).await.unwrap();
+        broker
+            .publish("q", Bytes::from_static(b"lost?"))
+            .await
+            .unwrap();
         let delivery = next(&mut subscription).await;
         drop(subscription);
         // Too late: the channel it came from is closed.
@@ -1061,8 +1100,14 @@ mod tests {
     #[tokio::test]
     async fn private_queue_goes_away_with_its_consumer() {
         let (broker, prefix) = broker().await;
-        let mut subscription = broker.consume("ws.a", QueueKind::Private, 10).await.unwrap();
-        broker.publish("ws.a", Bytes::from_static(b"hi")).await.unwrap();
+        let mut subscription = broker
+            .consume("ws.a", QueueKind::Private, 10)
+            .await
+            .unwrap();
+        broker
+            .publish("ws.a", Bytes::from_static(b"hi"))
+            .await
+            .unwrap();
         next(&mut subscription).await.ack().await.unwrap();
         drop(subscription);
         let gone = timeout(DEADLINE, async {
@@ -1100,10 +1145,7 @@ mod tests {
     async fn many_concurrent_publishes_are_confirmed_and_consumed() {
         const COUNT: usize = 2000;
         let (broker, prefix) = broker().await;
-        let mut subscription = broker
-            .consume("q", QueueKind::Durable, 200)
-            .await
-            .unwrap();
+        let mut subscription = broker.consume("q", QueueKind::Durable, 200).await.unwrap();
         let started = Instant::now();
         let consumer = tokio::spawn(async move {
             let mut seen = HashSet::new();
@@ -1136,15 +1178,15 @@ mod tests {
     async fn concurrent_mixed_publishes_each_get_their_own_outcome() {
         const COUNT: usize = 4000;
         let (broker, prefix) = broker().await;
-        let _subscription = broker
-            .consume("q", QueueKind::Durable, 100)
-            .await
-            .unwrap();
+        let _subscription = broker.consume("q", QueueKind::Durable, 100).await.unwrap();
         let publishes = (0..COUNT).map(|i| {
             let broker = broker.clone();
             async move {
                 let queue = if i % 2 == 0 { "q" } else { "missing" };
-                (queue, broker.publish(queue, Bytes::from(i.to_string())).await)
+                (
+                    queue,
+                    broker.publish(queue, Bytes::from(i.to_string())).await,
+                )
             }
         });
         let results = timeout(DEADLINE, futures::future::join_all(publishes))
@@ -1159,6 +1201,34 @@ mod tests {
             })
             .collect();
         assert!(wrong.is_empty(), "{} wrong outcomes", wrong.len());
+        clean_up(&prefix, &["q"]).await;
+    }
+
+    /// A queue deleted under its consumer is declared again; the connection is not affected.
+    #[tokio::test]
+    async fn resubscribes_when_the_queue_is_deleted() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let (broker, prefix) = broker().await;
+        let mut work = broker.consume("q", QueueKind::Durable, 10).await.unwrap();
+        let generation = broker.current().unwrap().generation;
+        clean_up(&prefix, &["q"]).await;
+        let back = timeout(DEADLINE, async {
+            while broker
+                .publish("q", Bytes::from_static(b"again"))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(back.is_ok(), "the queue was not declared again");
+        assert_eq!(next(&mut work).await.payload, Bytes::from_static(b"again"));
+        assert_eq!(broker.current().unwrap().generation, generation);
+        assert!(broker.is_healthy());
         clean_up(&prefix, &["q"]).await;
     }
 
@@ -1196,9 +1266,15 @@ mod tests {
             return;
         };
         let mut work = broker.consume("q", QueueKind::Durable, 10).await.unwrap();
-        let mut private = broker.consume("ws.a", QueueKind::Private, 10).await.unwrap();
+        let mut private = broker
+            .consume("ws.a", QueueKind::Private, 10)
+            .await
+            .unwrap();
         let mut events = broker.subscribe_events().await.unwrap();
-        broker.publish("q", Bytes::from_static(b"before")).await.unwrap();
+        broker
+            .publish("q", Bytes::from_static(b"before"))
+            .await
+            .unwrap();
         let unacked = next(&mut work).await;
 
         let closed = std::process::Command::new("rabbitmqctl")
@@ -1223,13 +1299,20 @@ mod tests {
         assert_eq!(redelivered.payload, Bytes::from_static(b"before"));
         redelivered.ack().await.unwrap();
         let resubscribed = timeout(DEADLINE, async {
-            while broker.publish("ws.a", Bytes::from_static(b"after")).await.is_err() {
+            while broker
+                .publish("ws.a", Bytes::from_static(b"after"))
+                .await
+                .is_err()
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
         assert!(resubscribed.is_ok(), "the private queue did not come back");
-        assert_eq!(next(&mut private).await.payload, Bytes::from_static(b"after"));
+        assert_eq!(
+            next(&mut private).await.payload,
+            Bytes::from_static(b"after")
+        );
         // Events: first the "you may have missed some" marker, then events again.
         assert!(next(&mut events).await.payload.is_empty());
         broker
@@ -1245,6 +1328,11 @@ mod tests {
     #[tokio::test]
     #[ignore = "restarts the RabbitMQ node"]
     async fn survives_a_broker_restart() {
+        // Shows the reconnection attempts with --nocapture (RUST_LOG=debug for more).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let (broker, prefix) = broker().await;
         let mut work = broker.consume("q", QueueKind::Durable, 10).await.unwrap();
         let mut events = broker.subscribe_events().await.unwrap();
@@ -1267,7 +1355,11 @@ mod tests {
             started.elapsed()
         );
         let resumed = timeout(DEADLINE, async {
-            while broker.publish("q", Bytes::from_static(b"after")).await.is_err() {
+            while broker
+                .publish("q", Bytes::from_static(b"after"))
+                .await
+                .is_err()
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })

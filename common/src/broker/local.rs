@@ -112,7 +112,9 @@ impl LocalBroker {
 impl Inner {
     fn queues(&self) -> MutexGuard<'_, HashMap<String, Queue>> {
         // The map stays consistent even if a holder panicked: every update is one insert/remove.
-        self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Deletes a Private queue once its last subscription is gone (if it is still this queue).
@@ -203,7 +205,11 @@ impl Broker for LocalBroker {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                if tx.send(Delivery::new(payload, Box::new(NoAck))).await.is_err() {
+                if tx
+                    .send(Delivery::new(payload, Box::new(NoAck)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -281,5 +287,246 @@ impl Acker for NoAck {
 
     async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    async fn next(subscription: &mut Subscription) -> Delivery {
+        timeout(DEADLINE, subscription.recv())
+            .await
+            .expect("no delivery before the deadline")
+            .expect("the subscription ended")
+    }
+
+    fn name() -> String {
+        format!("q-{}", uuid::Uuid::new_v4().simple())
+    }
+
+    #[tokio::test]
+    async fn round_trip_with_ack() {
+        let broker = LocalBroker::new();
+        assert!(broker.is_healthy());
+        let queue = name();
+        let mut subscription = broker
+            .consume(&queue, QueueKind::Durable, 10)
+            .await
+            .unwrap();
+        broker
+            .publish(&queue, Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        let delivery = next(&mut subscription).await;
+        assert_eq!(delivery.payload, Bytes::from_static(b"one"));
+        delivery.ack().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn nack_requeues_at_the_back() {
+        let broker = LocalBroker::new();
+        let queue = name();
+        let mut subscription = broker.consume(&queue, QueueKind::Durable, 1).await.unwrap();
+        broker
+            .publish(&queue, Bytes::from_static(b"a"))
+            .await
+            .unwrap();
+        broker
+            .publish(&queue, Bytes::from_static(b"b"))
+            .await
+            .unwrap();
+        next(&mut subscription).await.nack().await.unwrap();
+        assert_eq!(
+            next(&mut subscription).await.payload,
+            Bytes::from_static(b"b")
+        );
+        assert_eq!(
+            next(&mut subscription).await.payload,
+            Bytes::from_static(b"a")
+        );
+    }
+
+    #[tokio::test]
+    async fn durable_queues_buffer_until_a_consumer_comes() {
+        let broker = LocalBroker::new();
+        // Declared up front, like the server's own durable queues.
+        broker
+            .publish(NEW_MESSAGES, Bytes::from_static(b"early"))
+            .await
+            .unwrap();
+        let mut subscription = broker
+            .consume(NEW_MESSAGES, QueueKind::Durable, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut subscription).await.payload,
+            Bytes::from_static(b"early")
+        );
+        // And they outlive their consumer.
+        drop(subscription);
+        broker
+            .publish(NEW_MESSAGES, Bytes::from_static(b"later"))
+            .await
+            .unwrap();
+        let mut subscription = broker
+            .consume(NEW_MESSAGES, QueueKind::Durable, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut subscription).await.payload,
+            Bytes::from_static(b"later")
+        );
+    }
+
+    #[tokio::test]
+    async fn publishing_to_a_missing_queue_is_unroutable() {
+        let broker = LocalBroker::new();
+        match broker.publish("nobody", Bytes::from_static(b"x")).await {
+            Err(BrokerError::Unroutable(queue)) => assert_eq!(queue, "nobody"),
+            other => panic!("expected Unroutable, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn private_queue_goes_away_with_its_consumer() {
+        let broker = LocalBroker::new();
+        let mut subscription = broker
+            .consume("ws.a", QueueKind::Private, 10)
+            .await
+            .unwrap();
+        broker
+            .publish("ws.a", Bytes::from_static(b"hi"))
+            .await
+            .unwrap();
+        next(&mut subscription).await.ack().await.unwrap();
+        drop(subscription);
+        assert!(matches!(
+            broker.publish("ws.a", Bytes::from_static(b"hi")).await,
+            Err(BrokerError::Unroutable(_))
+        ));
+        // A new consumer gets a new, empty queue.
+        let mut subscription = broker
+            .consume("ws.a", QueueKind::Private, 10)
+            .await
+            .unwrap();
+        broker
+            .publish("ws.a", Bytes::from_static(b"new"))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut subscription).await.payload,
+            Bytes::from_static(b"new")
+        );
+    }
+
+    #[tokio::test]
+    async fn queue_kinds_do_not_mix() {
+        let broker = LocalBroker::new();
+        let _subscription = broker.consume("ws.a", QueueKind::Private, 1).await.unwrap();
+        assert!(matches!(
+            broker.consume("ws.a", QueueKind::Durable, 1).await,
+            Err(BrokerError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn events_fan_out_to_every_subscriber() {
+        let broker = LocalBroker::new();
+        let mut first = broker.subscribe_events().await.unwrap();
+        let mut second = broker.subscribe_events().await.unwrap();
+        broker
+            .publish_event(Bytes::from_static(b"changed"))
+            .await
+            .unwrap();
+        for subscription in [&mut first, &mut second] {
+            let delivery = next(subscription).await;
+            assert_eq!(delivery.payload, Bytes::from_static(b"changed"));
+            delivery.ack().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_event_subscriber_is_told_it_missed_events() {
+        let broker = LocalBroker::new();
+        let mut subscription = broker.subscribe_events().await.unwrap();
+        let count = EVENTS_CAPACITY + EVENTS_BUFFER + 100;
+        for i in 0..count {
+            broker
+                .publish_event(Bytes::from(format!("e{i}")))
+                .await
+                .unwrap();
+        }
+        let mut received = 0;
+        let mut told = false;
+        while let Ok(Some(delivery)) =
+            timeout(Duration::from_millis(200), subscription.recv()).await
+        {
+            told |= delivery.payload.is_empty();
+            received += 1;
+        }
+        assert!(told, "no empty payload among {received} deliveries");
+        assert!(received < count);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_publishes_are_consumed() {
+        const COUNT: usize = 2000;
+        let broker = LocalBroker::new();
+        let queue = name();
+        let mut subscription = broker
+            .consume(&queue, QueueKind::Durable, 50)
+            .await
+            .unwrap();
+        let publishes = (0..COUNT).map(|i| broker.publish(&queue, Bytes::from(i.to_string())));
+        let results = timeout(DEADLINE, futures::future::join_all(publishes))
+            .await
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        let mut seen = HashSet::new();
+        while seen.len() < COUNT {
+            let delivery = next(&mut subscription).await;
+            seen.insert(delivery.payload.clone());
+            delivery.ack().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn consumers_of_a_durable_queue_share_its_messages() {
+        const COUNT: usize = 100;
+        let broker = LocalBroker::new();
+        let queue = name();
+        let mut first = broker.consume(&queue, QueueKind::Durable, 1).await.unwrap();
+        let mut second = broker.consume(&queue, QueueKind::Durable, 1).await.unwrap();
+        let publisher = {
+            let broker = broker.clone();
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                for i in 0..COUNT {
+                    broker
+                        .publish(&queue, Bytes::from(i.to_string()))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let mut seen = Vec::new();
+        let (mut from_first, mut from_second) = (0, 0);
+        while seen.len() < COUNT {
+            let delivery = tokio::select! {
+                delivery = next(&mut first) => { from_first += 1; delivery }
+                delivery = next(&mut second) => { from_second += 1; delivery }
+            };
+            seen.push(delivery.payload);
+        }
+        publisher.await.unwrap();
+        let distinct: HashSet<_> = seen.iter().collect();
+        assert_eq!(distinct.len(), COUNT, "a message was delivered twice");
+        assert!(from_first > 0 && from_second > 0);
     }
 }

@@ -228,20 +228,19 @@ async fn write_loop(c: Collections, mut requests: mpsc::Receiver<WriteRequest>) 
     while requests.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let (writes, waiters): (Vec<Write>, Vec<_>) =
             batch.drain(..).map(|r| (r.write, r.done)).unzip();
-        match c.apply(&writes).await {
-            Ok(results) => {
-                for (waiter, result) in waiters.into_iter().zip(results) {
-                    // A caller that stopped waiting doesn't need the answer: its write is
-                    // done either way.
-                    let _ = waiter.send(Ok(result));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, writes = waiters.len(), "notification writes failed");
-                for waiter in waiters {
-                    let _ = waiter.send(Err(db_err(e.clone())));
-                }
-            }
+        let results = c.apply(&writes).await;
+        let failures = results.iter().filter(|r| r.is_err()).count();
+        if failures > 0 {
+            tracing::warn!(
+                failures,
+                writes = writes.len(),
+                "notification writes failed"
+            );
+        }
+        for (waiter, result) in waiters.into_iter().zip(results) {
+            // A caller that stopped waiting doesn't need the answer: its write is done or
+            // failed either way.
+            let _ = waiter.send(result.map_err(db_err));
         }
     }
 }
@@ -306,57 +305,80 @@ impl Collections {
 
     /// Writes a batch of notification writes: the inserts first, then the routings, as if the
     /// inserts had come first. Returns, for each write, whether it took effect (a routing of a
-    /// missing or replaced notification does not).
-    async fn apply(&self, writes: &[Write]) -> mongodb::error::Result<Vec<bool>> {
-        let inserts: Vec<&Notification> = writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Insert(n) => Some(n),
-                Write::Route(..) => None,
-            })
-            .collect();
-        let routes: Vec<(&Notification, &[UaId])> = writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Insert(_) => None,
-                Write::Route(n, uas) => Some((n, uas.as_slice())),
-            })
-            .collect();
-        if !inserts.is_empty() {
-            self.insert_notifications(&inserts).await?;
+    /// missing or replaced notification does not) or why it failed.
+    async fn apply(&self, writes: &[Write]) -> Vec<mongodb::error::Result<bool>> {
+        let mut results: Vec<mongodb::error::Result<bool>> = vec![Ok(true); writes.len()];
+        let mut inserts = Vec::new();
+        let mut insert_pos = Vec::new();
+        let mut routes = Vec::new();
+        let mut route_pos = Vec::new();
+        for (pos, w) in writes.iter().enumerate() {
+            match w {
+                Write::Insert(n) => {
+                    inserts.push(n);
+                    insert_pos.push(pos);
+                }
+                Write::Route(n, uas) => {
+                    routes.push((n, uas.as_slice()));
+                    route_pos.push(pos);
+                }
+            }
         }
-        let routed = if routes.is_empty() {
-            HashSet::new()
-        } else {
-            self.route_notifications(&routes).await?
-        };
-        Ok(writes
-            .iter()
-            .map(|w| match w {
-                Write::Insert(_) => true,
-                Write::Route(n, _) => routed.contains(&n.message_id),
-            })
-            .collect())
+        if !inserts.is_empty() {
+            match self.insert_notifications(&inserts).await {
+                Ok(failed) => {
+                    for (k, e) in failed {
+                        results[insert_pos[k]] = Err(e);
+                    }
+                }
+                Err(e) => {
+                    for &pos in &insert_pos {
+                        results[pos] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        if !routes.is_empty() {
+            match self.route_notifications(&routes).await {
+                Ok(outcomes) => {
+                    for (k, outcome) in outcomes.into_iter().enumerate() {
+                        results[route_pos[k]] = outcome;
+                    }
+                }
+                Err(e) => {
+                    for &pos in &route_pos {
+                        results[pos] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        results
     }
 
     /// Stores notifications, then marks replaced every one that is not the newest with its
-    /// app and AS id, among both the stored ones and the new ones.
-    async fn insert_notifications(&self, ns: &[&Notification]) -> mongodb::error::Result<()> {
+    /// app and AS id, among both the stored ones and the new ones. Returns the positions of the
+    /// notifications that could not be stored, with the error.
+    async fn insert_notifications(
+        &self,
+        ns: &[&Notification],
+    ) -> mongodb::error::Result<HashMap<usize, mongodb::error::Error>> {
         let docs = ns.iter().map(|n| NotificationDoc::from_notification(n));
         // Unordered, so that a notification stored already (a broker message handled twice)
         // only fails itself, with a duplicate key. Its replacing below runs again, since it may
         // not have run the first time.
-        match self.notifications.insert_many(docs).ordered(false).await {
-            Err(e) if !is_duplicate(&e) => return Err(e),
-            _ => {}
-        }
+        let failed = match self.notifications.insert_many(docs).ordered(false).await {
+            Ok(_) => HashMap::new(),
+            Err(e) => failed_inserts(e)?,
+        };
 
         let mut ids_by_app: HashMap<&str, HashSet<&str>> = HashMap::new();
-        for n in ns {
-            ids_by_app
-                .entry(n.app_token.as_str())
-                .or_default()
-                .insert(n.id.as_str());
+        for (k, n) in ns.iter().enumerate() {
+            if !failed.contains_key(&k) {
+                ids_by_app
+                    .entry(n.app_token.as_str())
+                    .or_default()
+                    .insert(n.id.as_str());
+            }
         }
         let mut replaced = Vec::new();
         for (app_token, ids) in ids_by_app {
@@ -393,11 +415,12 @@ impl Collections {
         if !replaced.is_empty() {
             self.mark_replaced(&replaced, crate::now_secs()).await?;
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Creates the pending deliveries of the notifications that are stored and not replaced,
-    /// then marks those routed. Returns their message ids.
+    /// then marks those routed. Returns, for each routing, whether the notification was routed
+    /// or why its deliveries could not be stored.
     ///
     /// Routed is marked last, so that a crash in between leaves the notification to the
     /// recovery of unrouted ones rather than half routed for good. Replacing can't slip in
@@ -405,7 +428,7 @@ impl Collections {
     async fn route_notifications(
         &self,
         routes: &[(&Notification, &[UaId])],
-    ) -> mongodb::error::Result<HashSet<String>> {
+    ) -> mongodb::error::Result<Vec<mongodb::error::Result<bool>>> {
         let ids: Vec<&str> = routes
             .iter()
             .map(|(n, _)| n.message_id.as_str())
@@ -426,11 +449,16 @@ impl Collections {
         }
 
         let at = crate::now_secs();
-        let docs: Vec<DeliveryDoc> = routes
-            .iter()
-            .filter(|(n, _)| live.contains(&n.message_id))
-            .flat_map(|(n, uas)| {
-                uas.iter().map(move |ua| DeliveryDoc {
+        let mut docs = Vec::new();
+        // For each delivery document, the position of its routing.
+        let mut owners = Vec::new();
+        for (k, (n, uas)) in routes.iter().enumerate() {
+            if !live.contains(&n.message_id) {
+                continue;
+            }
+            for ua in *uas {
+                owners.push(k);
+                docs.push(DeliveryDoc {
                     key: delivery_key(&n.message_id, ua),
                     message_id: n.message_id.clone(),
                     ua: ua.0.clone(),
@@ -438,20 +466,38 @@ impl Collections {
                     at,
                     created_at: n.created_at,
                     expire_at: date(n.expires_at),
-                })
-            })
+                });
+            }
+        }
+        let mut outcomes: Vec<mongodb::error::Result<bool>> = routes
+            .iter()
+            .map(|(n, _)| Ok(live.contains(&n.message_id)))
             .collect();
         if !docs.is_empty() {
             // Unordered, so that deliveries already there (a message handled twice) only fail
             // themselves, with a duplicate key, and leave them as they are.
-            match self.deliveries.insert_many(docs).ordered(false).await {
-                Err(e) if !is_duplicate(&e) => return Err(e),
-                _ => {}
+            if let Err(e) = self.deliveries.insert_many(docs).ordered(false).await {
+                for (d, e) in failed_inserts(e)? {
+                    // Every routing of the notification failed: whichever of them the failed
+                    // delivery came from, the notification is not fully routed.
+                    let message_id = &routes[owners[d]].0.message_id;
+                    for (k, (n, _)) in routes.iter().enumerate() {
+                        if &n.message_id == message_id {
+                            outcomes[k] = Err(e.clone());
+                        }
+                    }
+                }
             }
         }
 
-        let live_ids: Vec<&str> = live.iter().map(String::as_str).collect();
-        for chunk in live_ids.chunks(IN_CHUNK) {
+        let routed: HashSet<&str> = routes
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| matches!(outcome, Ok(true)))
+            .map(|((n, _), _)| n.message_id.as_str())
+            .collect();
+        let routed: Vec<&str> = routed.into_iter().collect();
+        for chunk in routed.chunks(IN_CHUNK) {
             self.notifications
                 .update_many(
                     doc! { "_id": { "$in": chunk }, "routed": false },
@@ -459,7 +505,7 @@ impl Collections {
                 )
                 .await?;
         }
-        Ok(live)
+        Ok(outcomes)
     }
 
     /// Removes expired notifications and their deliveries, a bounded batch at a time.
@@ -489,13 +535,16 @@ impl Collections {
                 .await
                 .map_err(db_err)?
                 .deleted_count;
-            removed += self
+            let deleted = self
                 .notifications
                 .delete_many(doc! { "_id": { "$in": &ids } })
                 .await
                 .map_err(db_err)?
                 .deleted_count;
-            if ids.len() < IN_CHUNK {
+            removed += deleted;
+            // A short page was the last one; and should nothing go (a server that reports
+            // otherwise), stopping is better than asking for the same page for ever.
+            if ids.len() < IN_CHUNK || deleted == 0 {
                 break;
             }
         }
@@ -525,16 +574,34 @@ fn db_err(e: mongodb::error::Error) -> StoreError {
     }
 }
 
-/// True when the write failed only because the documents were already there.
+/// True when the write failed only because the document was already there. Plain writes
+/// report it as a write error, `findAndModify` as a command error.
 fn is_duplicate(e: &mongodb::error::Error) -> bool {
     match &*e.kind {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+/// Sorts out an unordered `insert_many` that failed: documents that were already there are
+/// fine (the writes are idempotent), and a document that failed otherwise fails only itself, so
+/// that one bad notification can't fail the others of its batch again and again. Returns the
+/// positions of those documents with the error; the error itself when the whole command failed.
+fn failed_inserts(
+    e: mongodb::error::Error,
+) -> mongodb::error::Result<HashMap<usize, mongodb::error::Error>> {
+    match &*e.kind {
         ErrorKind::InsertMany(InsertManyError {
             write_errors: Some(errors),
             write_concern_error: None,
             ..
-        }) => errors.iter().all(|w| w.code == DUPLICATE_KEY),
-        _ => false,
+        }) => Ok(errors
+            .iter()
+            .filter(|w| w.code != DUPLICATE_KEY)
+            .map(|w| (w.index, e.clone()))
+            .collect()),
+        _ => Err(e),
     }
 }
 
@@ -953,6 +1020,8 @@ impl Store for MongoStore {
 mod tests {
     use super::*;
     use crate::store::conformance;
+    use futures::FutureExt;
+    use std::panic::AssertUnwindSafe;
 
     #[tokio::test]
     async fn conformance() {
@@ -960,8 +1029,14 @@ mod tests {
             .unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned());
         let db = format!("ns_test_{}", uuid::Uuid::new_v4().simple());
         let store = MongoStore::connect(&url, &db).await.expect("connect");
-        conformance::run_all(&store).await;
-        // Best effort: a database left behind by a failed run only takes some space.
+        let outcome = AssertUnwindSafe(conformance::run_all(&store))
+            .catch_unwind()
+            .await;
+        // The server is shared, so the database goes even when a check failed; dropping it is
+        // best effort, as a leftover only takes some space.
         let _ = store.c.db.drop().await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
