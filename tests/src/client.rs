@@ -12,7 +12,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a test waits for a frame it expects.
-pub const FRAME_DEADLINE: Duration = Duration::from_secs(15);
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What the server sent.
 #[derive(Debug, Clone, PartialEq)]

@@ -227,15 +227,23 @@ async fn feed(inner: Arc<Inner>, name: String, queue: Queue, tx: mpsc::Sender<De
         };
         let received = {
             let mut rx = tokio::select! {
-                rx = queue.rx.lock() => rx,
+                biased;
                 _ = tx.closed() => break,
+                rx = queue.rx.lock() => rx,
             };
             tokio::select! {
-                received = rx.recv() => received,
+                biased;
                 _ = tx.closed() => break,
+                received = rx.recv() => received,
             }
         };
         let Some(payload) = received else { break };
+        if tx.is_closed() {
+            // The subscription went away while the message was being taken: it goes back
+            // (at the back of the queue) for the other consumers.
+            requeue(&queue.tx, payload);
+            break;
+        }
         let acker = LocalAcker {
             queue: name.clone(),
             requeue: queue.tx.clone(),
@@ -244,6 +252,22 @@ async fn feed(inner: Arc<Inner>, name: String, queue: Queue, tx: mpsc::Sender<De
         permit.send(Delivery::new(payload, Box::new(acker)));
     }
     inner.forget_if_unused(&name, &queue.rx);
+}
+
+/// Puts a message back at the end of its queue; false if the queue is gone.
+fn requeue(queue: &mpsc::Sender<Bytes>, payload: Bytes) -> bool {
+    use mpsc::error::TrySendError;
+    match queue.try_send(payload) {
+        Ok(()) => true,
+        // Not awaited by the caller: it may be the queue's only consumer, which would then wait
+        // for itself to make room.
+        Err(TrySendError::Full(payload)) => {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.send(payload).await });
+            true
+        }
+        Err(TrySendError::Closed(_)) => false,
+    }
 }
 
 struct LocalAcker {
@@ -259,19 +283,10 @@ impl Acker for LocalAcker {
     }
 
     async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
-        use mpsc::error::TrySendError;
-        match self.requeue.try_send(self.payload) {
-            Ok(()) => Ok(()),
-            // Not awaited here: the caller may be the queue's only consumer, which would then
-            // wait for itself to make room.
-            Err(TrySendError::Full(payload)) => {
-                let requeue = self.requeue.clone();
-                tokio::spawn(async move { requeue.send(payload).await });
-                Ok(())
-            }
-            Err(TrySendError::Closed(_)) => {
-                Err(BrokerError::unavailable(LocalError::QueueGone(self.queue)))
-            }
+        if requeue(&self.requeue, self.payload) {
+            Ok(())
+        } else {
+            Err(BrokerError::unavailable(LocalError::QueueGone(self.queue)))
         }
     }
 }
