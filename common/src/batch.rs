@@ -37,7 +37,10 @@ impl DeliveryWriter {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
-        self.tx.send((updates, done)).await.map_err(|_| BatchError)?;
+        self.tx
+            .send((updates, done))
+            .await
+            .map_err(|_| BatchError)?;
         wait.await.map_err(|_| BatchError)?
     }
 }

@@ -45,7 +45,11 @@ impl SecretConfig {
 #[derive(Args, Clone, Debug)]
 pub struct MongoConfig {
     /// MongoDB connection string.
-    #[arg(long, env = "NS_MONGO_URL", default_value = "mongodb://127.0.0.1:27017")]
+    #[arg(
+        long,
+        env = "NS_MONGO_URL",
+        default_value = "mongodb://127.0.0.1:27017"
+    )]
     pub mongo_url: String,
     /// Database name.
     #[arg(long, env = "NS_MONGO_DB", default_value = "push")]
@@ -71,7 +75,11 @@ pub struct AmqpConfig {
 #[derive(Args, Clone, Debug)]
 pub struct PublicUrlConfig {
     /// Public base URL of ns-as, as application servers reach it.
-    #[arg(long, env = "NS_NOTIFY_BASE_URL", default_value = "http://localhost:8081")]
+    #[arg(
+        long,
+        env = "NS_NOTIFY_BASE_URL",
+        default_value = "http://localhost:8081"
+    )]
     pub notify_base_url: String,
 }
 

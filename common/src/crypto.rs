@@ -52,7 +52,8 @@ impl Secret {
 
     fn mac(&self, domain: &[u8]) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        let mut mac =
+            <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
         mac.update(domain);
         mac
     }
@@ -150,7 +151,8 @@ impl PublicKey {
 
     /// Verifies an RSA-SHA256 PKCS#1 v1.5 signature, given as hex, over `message`.
     pub fn verify(&self, message: &[u8], signature_hex: &str) -> Result<(), CryptoError> {
-        let raw = hex::decode(signature_hex.trim()).map_err(|_| CryptoError::BadSignatureEncoding)?;
+        let raw =
+            hex::decode(signature_hex.trim()).map_err(|_| CryptoError::BadSignatureEncoding)?;
         let signature =
             Signature::try_from(raw.as_slice()).map_err(|_| CryptoError::BadSignature)?;
         self.key
@@ -174,7 +176,9 @@ pub fn app_token(secret: &Secret, watoken: &str, pbk: Option<&PublicKey>) -> Str
 
 /// An appToken has the shape `app_token` produces: 43 URL-safe base64 characters.
 pub fn looks_like_app_token(s: &str) -> bool {
-    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -206,7 +210,10 @@ mod tests {
         assert_eq!(verify_uatoken(&Secret::new("other"), &token), None);
         let mut altered = token.clone().into_bytes();
         altered[3] = if altered[3] == b'A' { b'B' } else { b'A' };
-        assert_eq!(verify_uatoken(&secret(), &String::from_utf8(altered).unwrap()), None);
+        assert_eq!(
+            verify_uatoken(&secret(), &String::from_utf8(altered).unwrap()),
+            None
+        );
         assert_eq!(verify_uatoken(&secret(), ""), None);
         assert_eq!(verify_uatoken(&secret(), "not a token"), None);
         assert_eq!(verify_uatoken(&secret(), &"A".repeat(43)), None);
@@ -233,7 +240,10 @@ mod tests {
 
     fn keypair() -> (SigningKey<Sha256>, PublicKey) {
         let private = RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
-        let pem = private.to_public_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let pem = private
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
         let public = PublicKey::from_base64(&STANDARD.encode(pem)).unwrap();
         (SigningKey::<Sha256>::new(private), public)
     }
@@ -243,12 +253,18 @@ mod tests {
         let (signer, public) = keypair();
         let sig = hex::encode(signer.sign(b"hello").to_bytes());
         assert_eq!(public.verify(b"hello", &sig), Ok(()));
-        assert_eq!(public.verify(b"hellO", &sig), Err(CryptoError::BadSignature));
+        assert_eq!(
+            public.verify(b"hellO", &sig),
+            Err(CryptoError::BadSignature)
+        );
         assert_eq!(
             public.verify(b"hello", "zz"),
             Err(CryptoError::BadSignatureEncoding)
         );
-        assert_eq!(public.verify(b"hello", "abcd"), Err(CryptoError::BadSignature));
+        assert_eq!(
+            public.verify(b"hello", "abcd"),
+            Err(CryptoError::BadSignature)
+        );
     }
 
     #[test]

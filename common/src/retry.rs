@@ -8,7 +8,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Calls `attempt` until it succeeds, waiting 100 ms doubling to 5 s between failures.
 /// Returns `None` if `shutdown` is cancelled first.
-pub async fn until_ok<T, E, F, Fut>(what: &str, shutdown: &CancellationToken, mut attempt: F) -> Option<T>
+pub async fn until_ok<T, E, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Option<T>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,

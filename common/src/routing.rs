@@ -80,12 +80,18 @@ mod tests {
     fn dead_front_end_means_offline() {
         let r = route(Some("gone"), true);
         assert!(matches!(decide(&r, 1, false, false), Target::Wake(_)));
-        assert_eq!(decide(&route(Some("gone"), false), 1, false, false), Target::Hold);
+        assert_eq!(
+            decide(&route(Some("gone"), false), 1, false, false),
+            Target::Hold
+        );
     }
 
     #[test]
     fn ephemeral_notifications_reach_live_uas_only() {
         assert_eq!(decide(&route(None, true), 1, true, true), Target::Drop);
-        assert_eq!(decide(&route(Some("gone"), true), 1, true, false), Target::Drop);
+        assert_eq!(
+            decide(&route(Some("gone"), true), 1, true, false),
+            Target::Drop
+        );
     }
 }

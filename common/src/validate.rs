@@ -134,7 +134,12 @@ pub fn validate_notify(
         None | Some(Value::Null) => MAX_TTL,
         Some(v) => match integer(v) {
             Some(t) if (0..=i64::from(MAX_TTL)).contains(&t) => t as u32,
-            _ => return Err(err(Code::BadField, "ttl must be an integer from 0 to 2592000")),
+            _ => {
+                return Err(err(
+                    Code::BadField,
+                    "ttl must be an integer from 0 to 2592000",
+                ))
+            }
         },
     };
 
@@ -155,7 +160,12 @@ pub fn validate_notify(
         None | Some(Value::Null) => 4,
         Some(v) => match integer(v) {
             Some(p) if (1..=4).contains(&p) => p as u8,
-            _ => return Err(err(Code::BadField, "priority must be an integer from 1 to 4")),
+            _ => {
+                return Err(err(
+                    Code::BadField,
+                    "priority must be an integer from 1 to 4",
+                ))
+            }
         },
     };
 
@@ -176,9 +186,11 @@ pub fn validate_notify(
 /// An integer given as a JSON number (without a fraction) or a numeric string.
 fn integer(v: &Value) -> Option<i64> {
     match v {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64)),
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                .map(|f| f as i64)
+        }),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }

@@ -130,44 +130,48 @@ pub fn routes(
         .and(warp::body::content_length_limit(max_body))
         .and(warp::body::bytes())
         .and(with_state.clone())
-        .then(|app_token: String, body: Bytes, state: Arc<State>| async move {
-            match notify(&state, &app_token, &body).await {
-                Ok(message_id) => {
-                    state.metrics.accepted.inc();
-                    warp::reply::json(&Accepted {
-                        status: "ACCEPTED",
-                        message_id: &message_id,
-                    })
-                    .into_response()
-                }
-                Err(e) => {
-                    if e.code == Code::Unavailable {
-                        state.metrics.unavailable.inc();
-                    } else {
-                        state.metrics.rejected.inc();
+        .then(
+            |app_token: String, body: Bytes, state: Arc<State>| async move {
+                match notify(&state, &app_token, &body).await {
+                    Ok(message_id) => {
+                        state.metrics.accepted.inc();
+                        warp::reply::json(&Accepted {
+                            status: "ACCEPTED",
+                            message_id: &message_id,
+                        })
+                        .into_response()
                     }
-                    error_response(&e, &state)
+                    Err(e) => {
+                        if e.code == Code::Unavailable {
+                            state.metrics.unavailable.inc();
+                        } else {
+                            state.metrics.rejected.inc();
+                        }
+                        error_response(&e, &state)
+                    }
                 }
-            }
-        });
+            },
+        );
 
     let status = warp::path!("notify" / String / String)
         .and(warp::get())
         .and(with_state)
-        .then(|app_token: String, id: String, state: Arc<State>| async move {
-            let now = common::now_secs();
-            match state.store.status(&app_token, &id, now).await {
-                Ok(Some(report)) => warp::reply::json(&report).into_response(),
-                Ok(None) => ns_http::error_reply(&ProtocolError::new(
-                    Code::NotFound,
-                    "unknown notification id",
-                )),
-                Err(e) => {
-                    tracing::warn!(error = %e, "status look-up failed");
-                    ns_http::error_reply(&unavailable())
+        .then(
+            |app_token: String, id: String, state: Arc<State>| async move {
+                let now = common::now_secs();
+                match state.store.status(&app_token, &id, now).await {
+                    Ok(Some(report)) => warp::reply::json(&report).into_response(),
+                    Ok(None) => ns_http::error_reply(&ProtocolError::new(
+                        Code::NotFound,
+                        "unknown notification id",
+                    )),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "status look-up failed");
+                        ns_http::error_reply(&unavailable())
+                    }
                 }
-            }
-        });
+            },
+        );
 
     let health = ns_http::Health {
         store: Some(deps.store),

@@ -53,8 +53,8 @@ pub fn error_reply(error: &ProtocolError) -> Response {
         reason: &error.reason,
         code: error.code.number(),
     };
-    let mut response = warp::reply::with_status(warp::reply::json(&body), status_of(error.code))
-        .into_response();
+    let mut response =
+        warp::reply::with_status(warp::reply::json(&body), status_of(error.code)).into_response();
     if error.code == Code::Unavailable {
         response
             .headers_mut()
@@ -67,10 +67,7 @@ pub fn error_reply(error: &ProtocolError) -> Response {
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
         ProtocolError::new(Code::NotFound, "not found")
-    } else if rejection
-        .find::<warp::reject::PayloadTooLarge>()
-        .is_some()
-    {
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ProtocolError::new(Code::TooBig, "body too big")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ProtocolError::new(Code::MethodNotAllowed, "method not allowed")

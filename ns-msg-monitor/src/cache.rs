@@ -142,7 +142,9 @@ mod tests {
         }));
         assert!(cache.app("app").is_none());
         assert_eq!(cache.routes(&[UaId("u".into())]).0.len(), 1);
-        cache.invalidate(Some(&RouteEvent::Ua { ua: UaId("u".into()) }));
+        cache.invalidate(Some(&RouteEvent::Ua {
+            ua: UaId("u".into()),
+        }));
         assert!(cache.routes(&[UaId("u".into())]).0.is_empty());
     }
 

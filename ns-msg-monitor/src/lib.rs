@@ -336,10 +336,11 @@ fn spawn_tasks(
 }
 
 async fn consume_events(router: Arc<Router>, shutdown: CancellationToken) {
-    let Some(mut events) = common::retry::until_ok("subscribing to route events", &shutdown, || {
-        router.broker.subscribe_events()
-    })
-    .await
+    let Some(mut events) =
+        common::retry::until_ok("subscribing to route events", &shutdown, || {
+            router.broker.subscribe_events()
+        })
+        .await
     else {
         return;
     };
@@ -366,7 +367,11 @@ async fn consume_events(router: Arc<Router>, shutdown: CancellationToken) {
     }
 }
 
-async fn consume_new_messages(settings: Settings, router: Arc<Router>, shutdown: CancellationToken) {
+async fn consume_new_messages(
+    settings: Settings,
+    router: Arc<Router>,
+    shutdown: CancellationToken,
+) {
     if common::retry::until_ok("declaring the udpWakeups queue", &shutdown, || {
         router.broker.declare_durable(UDP_WAKEUPS)
     })

@@ -40,7 +40,13 @@ impl Coalescer {
         }
     }
 
-    pub(crate) fn request(&mut self, ua: &UaId, interface: Interface, priority: u8, now: Instant) -> Decision {
+    pub(crate) fn request(
+        &mut self,
+        ua: &UaId,
+        interface: Interface,
+        priority: u8,
+        now: Instant,
+    ) -> Decision {
         let wanted = match priority {
             1 => now,
             2 => now + self.window,
@@ -49,7 +55,9 @@ impl Coalescer {
         let state = self.uas.entry(ua.clone()).or_default();
         state.interface = Some(interface.clone());
         // Not before the interval since the last datagram has passed.
-        let earliest = state.last_sent.map_or(now, |t| (t + self.interval).max(now));
+        let earliest = state
+            .last_sent
+            .map_or(now, |t| (t + self.interval).max(now));
         let at = wanted.max(earliest);
         let at = state.due.map_or(at, |d| d.min(at));
         if at <= now {
@@ -91,7 +99,9 @@ impl Coalescer {
     pub(crate) fn prune(&mut self, now: Instant) {
         let interval = self.interval;
         self.uas.retain(|_, s| {
-            s.due.is_some() || s.last_sent.is_some_and(|t| now.duration_since(t) < interval)
+            s.due.is_some()
+                || s.last_sent
+                    .is_some_and(|t| now.duration_since(t) < interval)
         });
     }
 }
@@ -119,9 +129,15 @@ mod tests {
         assert_eq!(c.request(&ua, iface(), 1, t0), Decision::SendNow(iface()));
         // A second one within the interval waits for the interval's end.
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(c.request(&ua, iface(), 1, t1), Decision::Scheduled(t0 + Duration::from_secs(5)));
+        assert_eq!(
+            c.request(&ua, iface(), 1, t1),
+            Decision::Scheduled(t0 + Duration::from_secs(5))
+        );
         // And a third is folded into the same datagram.
-        assert_eq!(c.request(&ua, iface(), 1, t1), Decision::Scheduled(t0 + Duration::from_secs(5)));
+        assert_eq!(
+            c.request(&ua, iface(), 1, t1),
+            Decision::Scheduled(t0 + Duration::from_secs(5))
+        );
         assert!(c.due(t0 + Duration::from_secs(4)).is_empty());
         assert_eq!(c.due(t0 + Duration::from_secs(5)).len(), 1);
         assert!(c.due(t0 + Duration::from_secs(6)).is_empty());
@@ -132,10 +148,16 @@ mod tests {
         let mut c = coalescer();
         let ua = UaId("u".into());
         let t0 = Instant::now();
-        assert_eq!(c.request(&ua, iface(), 2, t0), Decision::Scheduled(t0 + Duration::from_secs(30)));
+        assert_eq!(
+            c.request(&ua, iface(), 2, t0),
+            Decision::Scheduled(t0 + Duration::from_secs(30))
+        );
         assert_eq!(c.next_due(), Some(t0 + Duration::from_secs(30)));
         // A priority 1 meanwhile goes at once and takes the scheduled one with it.
-        assert_eq!(c.request(&ua, iface(), 1, t0 + Duration::from_secs(2)), Decision::SendNow(iface()));
+        assert_eq!(
+            c.request(&ua, iface(), 1, t0 + Duration::from_secs(2)),
+            Decision::SendNow(iface())
+        );
         assert!(c.due(t0 + Duration::from_secs(31)).is_empty());
     }
 
@@ -143,8 +165,14 @@ mod tests {
     fn low_priorities_never_wake() {
         let mut c = coalescer();
         let t0 = Instant::now();
-        assert_eq!(c.request(&UaId("u".into()), iface(), 3, t0), Decision::Ignored);
-        assert_eq!(c.request(&UaId("u".into()), iface(), 4, t0), Decision::Ignored);
+        assert_eq!(
+            c.request(&UaId("u".into()), iface(), 3, t0),
+            Decision::Ignored
+        );
+        assert_eq!(
+            c.request(&UaId("u".into()), iface(), 4, t0),
+            Decision::Ignored
+        );
         assert_eq!(c.next_due(), None);
     }
 
@@ -155,7 +183,10 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(c.request(&ua, iface(), 1, t0), Decision::SendNow(iface()));
         c.pulled(&ua);
-        assert_eq!(c.request(&ua, iface(), 1, t0 + Duration::from_secs(1)), Decision::SendNow(iface()));
+        assert_eq!(
+            c.request(&ua, iface(), 1, t0 + Duration::from_secs(1)),
+            Decision::SendNow(iface())
+        );
     }
 
     #[test]

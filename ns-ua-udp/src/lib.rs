@@ -273,7 +273,10 @@ async fn send_datagram(state: &State, socket: &UdpSocket, interface: &Interface)
 
 async fn consume(state: Arc<State>, socket: Arc<UdpSocket>, shutdown: CancellationToken) {
     let Some(mut subscription) = common::retry::until_ok("consuming udpWakeups", &shutdown, || {
-        state.deps.broker.consume(UDP_WAKEUPS, QueueKind::Durable, 512)
+        state
+            .deps
+            .broker
+            .consume(UDP_WAKEUPS, QueueKind::Durable, 512)
     })
     .await
     else {

@@ -215,15 +215,26 @@ impl Conn {
                     }
                 }
             }
-            Command::RegisterWa { uatoken, watoken, pbk } => {
+            Command::RegisterWa {
+                uatoken,
+                watoken,
+                pbk,
+            } => {
                 let reply = self.register_wa(&uatoken, &watoken, pbk.map(|k| k.0)).await;
                 match reply {
                     Ok(url) => self.send_text(url).await,
                     Err(e) => self.send_error(&e).await,
                 }
             }
-            Command::UnregisterWa { uatoken, watoken, pbk } => {
-                match self.unregister_wa(&uatoken, &watoken, pbk.map(|k| k.0)).await {
+            Command::UnregisterWa {
+                uatoken,
+                watoken,
+                pbk,
+            } => {
+                match self
+                    .unregister_wa(&uatoken, &watoken, pbk.map(|k| k.0))
+                    .await
+                {
                     Ok(()) => self.send_text("OK").await,
                     Err(e) => self.send_error(&e).await,
                 }
@@ -286,7 +297,9 @@ impl Conn {
                 }
             }
         }
-        self.shared.route_changed(RouteEvent::Ua { ua: ua.clone() }).await;
+        self.shared
+            .route_changed(RouteEvent::Ua { ua: ua.clone() })
+            .await;
         self.session.registered(uatoken, ua.clone());
         self.shared.metrics.registered.inc();
         Ok(ua)
@@ -294,7 +307,11 @@ impl Conn {
 
     /// Sends the UA's outstanding notifications right after `OK`, then whatever was routed
     /// here meanwhile, without sending any of them twice.
-    async fn send_pending(&mut self, ua: &UaId, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), End> {
+    async fn send_pending(
+        &mut self,
+        ua: &UaId,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), End> {
         let now = common::now_secs();
         let pending = match self
             .shared
@@ -340,8 +357,11 @@ impl Conn {
                     }
                 }
                 Outbound::TakenOver => {
-                    self.close(CloseCode::Normal, "uatoken registered on another connection")
-                        .await;
+                    self.close(
+                        CloseCode::Normal,
+                        "uatoken registered on another connection",
+                    )
+                    .await;
                     self.session = Session::default();
                     return Err(End::Closed);
                 }

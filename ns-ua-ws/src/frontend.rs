@@ -19,13 +19,14 @@ use crate::{Outbound, Shared};
 /// Consumes the instance's queue until `shutdown`.
 pub(crate) async fn consume(shared: Arc<Shared>, shutdown: CancellationToken) {
     let queue = front_end_queue(&shared.server_id);
-    let Some(mut subscription) = common::retry::until_ok("consuming the front-end queue", &shutdown, || {
-        shared
-            .deps
-            .broker
-            .consume(&queue, QueueKind::Private, shared.settings.prefetch)
-    })
-    .await
+    let Some(mut subscription) =
+        common::retry::until_ok("consuming the front-end queue", &shutdown, || {
+            shared
+                .deps
+                .broker
+                .consume(&queue, QueueKind::Private, shared.settings.prefetch)
+        })
+        .await
     else {
         return;
     };
@@ -63,8 +64,8 @@ pub(crate) async fn consume(shared: Arc<Shared>, shutdown: CancellationToken) {
 /// broker message is then retried).
 async fn deliver(shared: &Shared, n: &Notification, targets: &[UaId]) -> bool {
     // One serialization for every target.
-    let frame = serde_json::to_string(&[n.to_frame(&shared.deps.notify_base_url)])
-        .unwrap_or_default();
+    let frame =
+        serde_json::to_string(&[n.to_frame(&shared.deps.notify_base_url)]).unwrap_or_default();
     let frame = tokio_tungstenite::tungstenite::Utf8Bytes::from(frame);
     let mut sent = Vec::with_capacity(targets.len());
     let mut away = Vec::new();

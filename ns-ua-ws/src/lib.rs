@@ -22,9 +22,9 @@ use common::metrics::{Metric, Registry};
 use common::model::UaId;
 use common::store::Store;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 

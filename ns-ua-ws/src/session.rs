@@ -79,7 +79,12 @@ pub fn parse(text: &str) -> Result<Command, ProtocolError> {
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => PublicKey::from_base64(s)
             .map(|k| Some(PublicKeyArg(k)))
-            .map_err(|_| err(Code::BadPublicKey, "pbkbase64 is not a valid RSA public key")),
+            .map_err(|_| {
+                err(
+                    Code::BadPublicKey,
+                    "pbkbase64 is not a valid RSA public key",
+                )
+            }),
         Some(_) => Err(err(Code::BadPublicKey, "pbkbase64 must be a string")),
     };
     match command {
@@ -105,7 +110,12 @@ pub fn parse(text: &str) -> Result<Command, ProtocolError> {
 }
 
 fn parse_interface(value: Option<&Value>) -> Result<Option<Interface>, ProtocolError> {
-    let bad = || err(Code::BadField, "interface must be {\"ip\": \"...\", \"port\": N}");
+    let bad = || {
+        err(
+            Code::BadField,
+            "interface must be {\"ip\": \"...\", \"port\": N}",
+        )
+    };
     let obj = match value {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(obj)) => obj,
@@ -131,7 +141,12 @@ fn parse_interface(value: Option<&Value>) -> Result<Option<Interface>, ProtocolE
 }
 
 fn parse_ack(data: &serde_json::Map<String, Value>) -> Result<Vec<String>, ProtocolError> {
-    let bad = || err(Code::Generic, "ack needs messageId (string) or messageIds (array of strings)");
+    let bad = || {
+        err(
+            Code::Generic,
+            "ack needs messageId (string) or messageIds (array of strings)",
+        )
+    };
     let ids: Vec<String> = match (data.get("messageId"), data.get("messageIds")) {
         (Some(Value::String(id)), None) => vec![id.clone()],
         (None, Some(Value::Array(ids))) => ids
@@ -252,21 +267,36 @@ mod tests {
         assert_eq!(code("{"), Code::BadJson);
         assert_eq!(code(r#"{"data":{}}"#), Code::MethodNotAllowed);
         assert_eq!(code(r#"{"command":"fly"}"#), Code::MethodNotAllowed);
-        assert_eq!(code(r#"{"command":"register/ua","data":{}}"#), Code::NoUaToken);
         assert_eq!(
-            code(r#"{"command":"register/ua","data":{"uatoken":"t","interface":{"ip":"x","port":1}}}"#),
+            code(r#"{"command":"register/ua","data":{}}"#),
+            Code::NoUaToken
+        );
+        assert_eq!(
+            code(
+                r#"{"command":"register/ua","data":{"uatoken":"t","interface":{"ip":"x","port":1}}}"#
+            ),
             Code::BadField
         );
         assert_eq!(
-            code(r#"{"command":"register/ua","data":{"uatoken":"t","interface":{"ip":"1.2.3.4","port":70000}}}"#),
+            code(
+                r#"{"command":"register/ua","data":{"uatoken":"t","interface":{"ip":"1.2.3.4","port":70000}}}"#
+            ),
             Code::BadField
         );
-        assert_eq!(code(r#"{"command":"register/wa","data":{"uatoken":"t"}}"#), Code::BadWaToken);
         assert_eq!(
-            code(r#"{"command":"register/wa","data":{"uatoken":"t","watoken":"w","pbkbase64":"nope"}}"#),
+            code(r#"{"command":"register/wa","data":{"uatoken":"t"}}"#),
+            Code::BadWaToken
+        );
+        assert_eq!(
+            code(
+                r#"{"command":"register/wa","data":{"uatoken":"t","watoken":"w","pbkbase64":"nope"}}"#
+            ),
             Code::BadPublicKey
         );
-        assert_eq!(code(r#"{"command":"ack","data":{"messageIds":[1]}}"#), Code::Generic);
+        assert_eq!(
+            code(r#"{"command":"ack","data":{"messageIds":[1]}}"#),
+            Code::Generic
+        );
         assert_eq!(code(r#"{"command":"ack","data":{}}"#), Code::Generic);
     }
 
@@ -275,8 +305,14 @@ mod tests {
         let secret = Secret::new("0123456789abcdef");
         let token = crypto::new_uatoken(&secret);
         let mut session = Session::default();
-        assert_eq!(session.check_same_ua(&token).unwrap_err().code, Code::NoUaRegistered);
-        assert_eq!(session.check_any_ua().unwrap_err().code, Code::NoUaRegistered);
+        assert_eq!(
+            session.check_same_ua(&token).unwrap_err().code,
+            Code::NoUaRegistered
+        );
+        assert_eq!(
+            session.check_any_ua().unwrap_err().code,
+            Code::NoUaRegistered
+        );
 
         let ua = session.check_register_ua(&secret, &token).unwrap();
         session.registered(&token, ua.clone());
@@ -284,8 +320,14 @@ mod tests {
         assert_eq!(session.ua(), Some(&ua));
 
         let other = crypto::new_uatoken(&secret);
-        assert_eq!(session.check_same_ua(&other).unwrap_err().code, Code::NoUaRegistered);
-        assert_eq!(session.check_register_ua(&secret, &other).unwrap_err().code, Code::Generic);
+        assert_eq!(
+            session.check_same_ua(&other).unwrap_err().code,
+            Code::NoUaRegistered
+        );
+        assert_eq!(
+            session.check_register_ua(&secret, &other).unwrap_err().code,
+            Code::Generic
+        );
         // The same token again is fine (a client may re-register).
         assert!(session.check_register_ua(&secret, &token).is_ok());
     }
@@ -295,6 +337,12 @@ mod tests {
         let secret = Secret::new("0123456789abcdef");
         let forged = crypto::new_uatoken(&Secret::new("another secret!!"));
         let session = Session::default();
-        assert_eq!(session.check_register_ua(&secret, &forged).unwrap_err().code, Code::BadUaToken);
+        assert_eq!(
+            session
+                .check_register_ua(&secret, &forged)
+                .unwrap_err()
+                .code,
+            Code::BadUaToken
+        );
     }
 }

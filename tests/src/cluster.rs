@@ -68,7 +68,9 @@ fn bin_dir(packages: &'static [&'static str]) -> PathBuf {
         for p in packages {
             command.args(["-p", p]);
         }
-        let status = command.status().expect("running cargo build for the server binaries");
+        let status = command
+            .status()
+            .expect("running cargo build for the server binaries");
         assert!(status.success(), "building the server binaries failed");
     });
     // This test binary is target/<profile>/deps/<name>; the server binaries are one up.

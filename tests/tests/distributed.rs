@@ -30,9 +30,17 @@ async fn a_uatoken_is_live_on_one_connection_across_instances() {
     let mut other = Ua::registered(&c.ws_url(1), &other_token).await;
     assert_eq!(other.register_wa("wa-cluster").await, url);
 
-    let (_, v) = c.notify(&url, &json!({"id": "a", "message": "both"}).to_string()).await;
-    assert_eq!(on_first.next_notifications().await[0]["messageId"], v["messageId"]);
-    assert_eq!(other.next_notifications().await[0]["messageId"], v["messageId"]);
+    let (_, v) = c
+        .notify(&url, &json!({"id": "a", "message": "both"}).to_string())
+        .await;
+    assert_eq!(
+        on_first.next_notifications().await[0]["messageId"],
+        v["messageId"]
+    );
+    assert_eq!(
+        other.next_notifications().await[0]["messageId"],
+        v["messageId"]
+    );
 
     // The same uatoken registers on the second instance: the first connection is closed.
     let mut moved = Ua::registered(&c.ws_url(1), &token).await;
@@ -42,9 +50,17 @@ async fn a_uatoken_is_live_on_one_connection_across_instances() {
     assert_eq!(again[0]["id"], "a");
     let a_id = again[0]["messageId"].as_str().unwrap().to_owned();
     moved.ack(&[&a_id]).await;
-    let (_, v) = c.notify(&url, &json!({"id": "b", "message": "moved"}).to_string()).await;
-    assert_eq!(moved.next_notifications().await[0]["messageId"], v["messageId"]);
-    assert_eq!(other.next_notifications().await[0]["messageId"], v["messageId"]);
+    let (_, v) = c
+        .notify(&url, &json!({"id": "b", "message": "moved"}).to_string())
+        .await;
+    assert_eq!(
+        moved.next_notifications().await[0]["messageId"],
+        v["messageId"]
+    );
+    assert_eq!(
+        other.next_notifications().await[0]["messageId"],
+        v["messageId"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +74,10 @@ async fn monitor_restart_with_notifications_in_flight_loses_none() {
     let mut ids = std::collections::HashSet::new();
     for i in 0..100 {
         let (status, v) = c
-            .notify(&url, &json!({"id": format!("r{i}"), "message": "m"}).to_string())
+            .notify(
+                &url,
+                &json!({"id": format!("r{i}"), "message": "m"}).to_string(),
+            )
             .await;
         assert_eq!(status, 200, "{v}");
         ids.insert(v["messageId"].as_str().unwrap().to_owned());
@@ -78,7 +97,11 @@ async fn sigterm_closes_connections_and_exits_cleanly() {
     let mut c = Cluster::start(Backend::Distributed).await;
     let token = c.token().await;
     let mut ua = Ua::registered(&c.ws_url(0), &token).await;
-    let status = c.proc("ns-ua-ws").terminate().await.expect("ns-ua-ws exited");
+    let status = c
+        .proc("ns-ua-ws")
+        .terminate()
+        .await
+        .expect("ns-ua-ws exited");
     assert!(status.success(), "ns-ua-ws exited with {status}");
     assert_eq!(ua.next_event(DEADLINE).await, Some(UaEvent::Closed));
     for name in ["ns-as", "ns-msg-monitor", "ns-ua-udp"] {
@@ -96,7 +119,9 @@ async fn a_notification_to_a_dead_front_end_stays_pending() {
     // The front-end dies without telling anyone: the route still points at it.
     c.proc("ns-ua-ws").kill();
     let _ = ua.next_event(Duration::from_secs(5)).await;
-    let (status, v) = c.notify(&url, &json!({"id": "d", "message": "kept"}).to_string()).await;
+    let (status, v) = c
+        .notify(&url, &json!({"id": "d", "message": "kept"}).to_string())
+        .await;
     assert_eq!(status, 200);
     c.proc("ns-ua-ws").start();
     c.wait_healthy().await;
@@ -115,7 +140,13 @@ struct PrivateMongo {
 impl PrivateMongo {
     fn start(port: u16, dir: tempfile::TempDir) -> PrivateMongo {
         let child = std::process::Command::new("secantusd-py")
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--storage-path",
+            ])
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -149,7 +180,10 @@ async fn database_outage_gives_503_and_recovers() {
     let c = Cluster::start_with(
         Backend::Distributed,
         Options {
-            mongo_url: Some(format!("mongodb://127.0.0.1:{}/?directConnection=true", mongo.port)),
+            mongo_url: Some(format!(
+                "mongodb://127.0.0.1:{}/?directConnection=true",
+                mongo.port
+            )),
             ..Default::default()
         },
     )
@@ -160,7 +194,9 @@ async fn database_outage_gives_503_and_recovers() {
     let dir = mongo.stop();
 
     eventually("503 from ns-as", DEADLINE, || async {
-        let (status, v) = c.notify(&url, &json!({"id": "o", "message": "m"}).to_string()).await;
+        let (status, v) = c
+            .notify(&url, &json!({"id": "o", "message": "m"}).to_string())
+            .await;
         (status == 503 && v["code"] == 503).then_some(())
     })
     .await;
@@ -173,7 +209,9 @@ async fn database_outage_gives_503_and_recovers() {
     let _mongo = PrivateMongo::start(port, dir);
     c.wait_healthy().await;
     let (status, v) = eventually("notify to work again", DEADLINE, || async {
-        let (status, v) = c.notify(&url, &json!({"id": "p", "message": "back"}).to_string()).await;
+        let (status, v) = c
+            .notify(&url, &json!({"id": "p", "message": "back"}).to_string())
+            .await;
         (status == 200).then_some((status, v))
     })
     .await;

@@ -12,11 +12,18 @@ async fn kill_9_loses_nothing_that_was_answered() {
     let mut ua = Ua::registered(&c.ws_url(0), &token).await;
     let url = ua.register_wa("wa-durable").await;
     // One notification acked before the crash must not come back.
-    let (_, acked) = c.notify(&url, &json!({"id": "acked", "message": "a"}).to_string()).await;
+    let (_, acked) = c
+        .notify(&url, &json!({"id": "acked", "message": "a"}).to_string())
+        .await;
     let n = ua.next_notifications().await;
     ua.ack(&[n[0]["messageId"].as_str().unwrap()]).await;
     ns_tests::eventually("the ack to be stored", Duration::from_secs(20), || async {
-        let v: serde_json::Value = reqwest::get(format!("{url}/acked")).await.ok()?.json().await.ok()?;
+        let v: serde_json::Value = reqwest::get(format!("{url}/acked"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (v["deliveries"][0]["status"] == "acked").then_some(())
     })
     .await;
@@ -59,7 +66,10 @@ async fn kill_9_loses_nothing_that_was_answered() {
     let mut got = std::collections::HashSet::new();
     while !answered.is_subset(&got) {
         for n in ua.next_notifications().await {
-            assert_ne!(n["messageId"], acked["messageId"], "an acked notification came back");
+            assert_ne!(
+                n["messageId"], acked["messageId"],
+                "an acked notification came back"
+            );
             got.insert(n["messageId"].as_str().unwrap().to_owned());
         }
     }
@@ -69,7 +79,9 @@ async fn kill_9_loses_nothing_that_was_answered() {
         got.len()
     );
     // The notify URL still works after the restart.
-    let (status, v) = c.notify(&url, &json!({"id": "after", "message": "m"}).to_string()).await;
+    let (status, v) = c
+        .notify(&url, &json!({"id": "after", "message": "m"}).to_string())
+        .await;
     assert_eq!(status, 200);
     let more = ua.next_notifications().await;
     assert!(more.iter().any(|n| n["messageId"] == v["messageId"]));

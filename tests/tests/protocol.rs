@@ -62,7 +62,9 @@ fn body(id: &str, message: &str) -> String {
 }
 
 async fn status(url: &str, id: &str) -> (u16, Value) {
-    let r = reqwest::get(format!("{url}/{id}")).await.expect("GET status");
+    let r = reqwest::get(format!("{url}/{id}"))
+        .await
+        .expect("GET status");
     let code = r.status().as_u16();
     (code, r.json().await.unwrap_or(Value::Null))
 }
@@ -84,13 +86,18 @@ async fn token_endpoint(b: Backend) {
     let c = Cluster::start(b).await;
     let r = reqwest::get(format!("{}/token", c.ws[0])).await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let t1 = r.text().await.unwrap();
     let t2 = c.token().await;
     assert_ne!(t1, t2);
     // URL-safe, and at least 128 bits of randomness fit in it.
     assert!(t1.len() >= 22);
-    assert!(t1.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert!(t1
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
 }
 
 async fn websocket_basics(b: Backend) {
@@ -106,12 +113,15 @@ async fn websocket_basics(b: Backend) {
     assert_eq!(ua.next_error_code().await, 405);
     use futures::SinkExt;
     ua.ws
-        .send(tokio_tungstenite::tungstenite::Message::Binary(vec![1, 2].into()))
+        .send(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![1, 2].into(),
+        ))
         .await
         .unwrap();
     assert_eq!(ua.next_error_code().await, 463);
     // WA commands and acks need a registered UA on this connection.
-    ua.command("register/wa", json!({"uatoken": token, "watoken": "w"})).await;
+    ua.command("register/wa", json!({"uatoken": token, "watoken": "w"}))
+        .await;
     assert_eq!(ua.next_error_code().await, 459);
     ua.command("ack", json!({"messageId": "x"})).await;
     assert_eq!(ua.next_error_code().await, 459);
@@ -120,7 +130,9 @@ async fn websocket_basics(b: Backend) {
     assert_eq!(ua.next_text().await, "OK");
     // A WebSocket ping is answered too.
     ua.ws
-        .send(tokio_tungstenite::tungstenite::Message::Ping(vec![7].into()))
+        .send(tokio_tungstenite::tungstenite::Message::Ping(
+            vec![7].into(),
+        ))
         .await
         .unwrap();
     use futures::StreamExt;
@@ -152,7 +164,8 @@ async fn rejected_register_ua_closes(b: Backend) {
         String::from_utf8(t).unwrap()
     }] {
         let mut ua = Ua::connect(&c.ws_url(0), &forged).await;
-        ua.command("register/ua", json!({ "uatoken": forged })).await;
+        ua.command("register/ua", json!({ "uatoken": forged }))
+            .await;
         assert_eq!(ua.next_error_code().await, 456);
         assert_eq!(ua.next_event(DEADLINE).await, Some(UaEvent::Closed));
     }
@@ -164,7 +177,8 @@ async fn wa_registration_errors(b: Backend) {
     let mut ua = Ua::registered(&c.ws_url(0), &token).await;
     ua.command("register/wa", json!({ "uatoken": token })).await;
     assert_eq!(ua.next_error_code().await, 457);
-    ua.command("register/wa", json!({ "uatoken": token, "watoken": "" })).await;
+    ua.command("register/wa", json!({ "uatoken": token, "watoken": "" }))
+        .await;
     assert_eq!(ua.next_error_code().await, 457);
     ua.command(
         "register/wa",
@@ -174,26 +188,35 @@ async fn wa_registration_errors(b: Backend) {
     assert_eq!(ua.next_error_code().await, 458);
     // Another (genuine) token than the one registered on this connection.
     let other = c.token().await;
-    ua.command("register/wa", json!({ "uatoken": other, "watoken": "w" })).await;
+    ua.command("register/wa", json!({ "uatoken": other, "watoken": "w" }))
+        .await;
     assert_eq!(ua.next_error_code().await, 459);
     ua.command("register/wa", json!({ "data": 1 })).await;
     assert_eq!(ua.next_error_code().await, 462);
     // unregister/wa answers OK.
     ua.register_wa("w").await;
-    ua.command("unregister/wa", json!({ "uatoken": token, "watoken": "w" })).await;
+    ua.command("unregister/wa", json!({ "uatoken": token, "watoken": "w" }))
+        .await;
     assert_eq!(ua.next_text().await, "OK");
 }
 
 async fn notify_deliver_ack_and_status(b: Backend) {
     let c = Cluster::start(b).await;
     let (mut ua, url) = ua_with_wa(&c, 0, "wa-basic").await;
-    assert!(url.starts_with(&c.as_url), "{url} is not under {}", c.as_url);
+    assert!(
+        url.starts_with(&c.as_url),
+        "{url} is not under {}",
+        c.as_url
+    );
     // The same watoken gives the same URL again; another gives another.
     assert_eq!(ua.register_wa("wa-basic").await, url);
     assert_ne!(ua.register_wa("wa-other").await, url);
 
     let (code, v) = c
-        .notify(&url, &json!({"id": "n1", "message": "hello", "ttl": 60, "priority": 2}).to_string())
+        .notify(
+            &url,
+            &json!({"id": "n1", "message": "hello", "ttl": 60, "priority": 2}).to_string(),
+        )
         .await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["status"], "ACCEPTED");
@@ -215,7 +238,10 @@ async fn notify_deliver_ack_and_status(b: Backend) {
     assert_eq!(v["id"], "n1");
     assert_eq!(v["messageId"], message_id.as_str());
     let device = v["deliveries"][0]["device"].as_str().unwrap();
-    assert!(!device.is_empty() && device != ua.token, "the device must not be the uatoken");
+    assert!(
+        !device.is_empty() && device != ua.token,
+        "the device must not be the uatoken"
+    );
     assert!(v["deliveries"][0]["at"].as_i64().unwrap() > 0);
 
     ua.ack(&[&message_id]).await;
@@ -235,22 +261,54 @@ async fn notify_validation_errors(b: Backend) {
     let cases: Vec<(String, u16, u64)> = vec![
         ("{nope".into(), 400, 450),
         ("[1,2]".into(), 400, 450),
-        (json!({"id": "a", "message": "m", "messageType": "other"}).to_string(), 400, 452),
+        (
+            json!({"id": "a", "message": "m", "messageType": "other"}).to_string(),
+            400,
+            452,
+        ),
         (json!({"message": "m"}).to_string(), 400, 454),
         (json!({"id": true, "message": "m"}).to_string(), 400, 454),
         (json!({"id": long, "message": "m"}).to_string(), 413, 413),
         (json!({"id": "a", "message": big}).to_string(), 413, 413),
         (json!({"id": "a"}).to_string(), 400, 464),
-        (json!({"id": "a", "message": "m", "ttl": -1}).to_string(), 400, 464),
-        (json!({"id": "a", "message": "m", "ttl": 2_592_001}).to_string(), 400, 464),
-        (json!({"id": "a", "message": "m", "priority": 0}).to_string(), 400, 464),
-        (json!({"id": "a", "message": "m", "priority": 5}).to_string(), 400, 464),
-        (json!({"id": "a", "message": "m", "timestamp": "soon"}).to_string(), 400, 464),
-        (json!({"id": "a", "message": "m", "timestamp": 1000, "ttl": 60}).to_string(), 400, 464),
+        (
+            json!({"id": "a", "message": "m", "ttl": -1}).to_string(),
+            400,
+            464,
+        ),
+        (
+            json!({"id": "a", "message": "m", "ttl": 2_592_001}).to_string(),
+            400,
+            464,
+        ),
+        (
+            json!({"id": "a", "message": "m", "priority": 0}).to_string(),
+            400,
+            464,
+        ),
+        (
+            json!({"id": "a", "message": "m", "priority": 5}).to_string(),
+            400,
+            464,
+        ),
+        (
+            json!({"id": "a", "message": "m", "timestamp": "soon"}).to_string(),
+            400,
+            464,
+        ),
+        (
+            json!({"id": "a", "message": "m", "timestamp": 1000, "ttl": 60}).to_string(),
+            400,
+            464,
+        ),
     ];
     for (body, http, code) in cases {
         let (status, v) = c.notify(&url, &body).await;
-        assert_eq!((status, v["code"].as_u64()), (http, Some(code)), "{body} -> {v}");
+        assert_eq!(
+            (status, v["code"].as_u64()),
+            (http, Some(code)),
+            "{body} -> {v}"
+        );
         assert_eq!(v["status"], "ERROR");
         assert!(v["reason"].is_string());
     }
@@ -258,14 +316,21 @@ async fn notify_validation_errors(b: Backend) {
     let unknown = format!("{}/notify/{}", c.as_url, "A".repeat(43));
     let (status, v) = c.notify(&unknown, &body("a", "m")).await;
     assert_eq!((status, v["code"].as_u64()), (404, Some(404)));
-    let (status, v) = c.notify(&format!("{}/notify/short", c.as_url), &body("a", "m")).await;
+    let (status, v) = c
+        .notify(&format!("{}/notify/short", c.as_url), &body("a", "m"))
+        .await;
     assert_eq!((status, v["code"].as_u64()), (404, Some(404)));
     // A body over the limit is refused from its Content-Length.
     let huge = json!({"id": "a", "message": "m".repeat(100_000)}).to_string();
     let (status, v) = c.notify(&url, &huge).await;
     assert_eq!((status, v["code"].as_u64()), (413, Some(413)));
     // Wrong method.
-    let r = reqwest::Client::new().put(&url).body("{}").send().await.unwrap();
+    let r = reqwest::Client::new()
+        .put(&url)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], 405);
@@ -278,13 +343,19 @@ async fn notify_validation_errors(b: Backend) {
 async fn signed_notifications(b: Backend) {
     let c = Cluster::start(b).await;
     let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
-    let pem = private.to_public_key().to_public_key_pem(LineEnding::LF).unwrap();
+    let pem = private
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
     let pbk = base64::engine::general_purpose::STANDARD.encode(pem);
     let signer = SigningKey::<Sha256>::new(private);
     let token = c.token().await;
     let mut ua = Ua::registered(&c.ws_url(0), &token).await;
-    ua.command("register/wa", json!({"uatoken": token, "watoken": "signed", "pbkbase64": pbk}))
-        .await;
+    ua.command(
+        "register/wa",
+        json!({"uatoken": token, "watoken": "signed", "pbkbase64": pbk}),
+    )
+    .await;
     let url = ua.next_text().await;
     // The key is part of the registration: without it, another URL.
     assert_ne!(url, ua.register_wa("signed").await);
@@ -293,16 +364,25 @@ async fn signed_notifications(b: Backend) {
     assert_eq!((status, v["code"].as_u64()), (401, Some(453)));
     let wrong = hex_of(&signer.sign(b"other").to_bytes());
     let (status, v) = c
-        .notify(&url, &json!({"id": "a", "message": "hello", "signature": wrong}).to_string())
+        .notify(
+            &url,
+            &json!({"id": "a", "message": "hello", "signature": wrong}).to_string(),
+        )
         .await;
     assert_eq!((status, v["code"].as_u64()), (401, Some(455)));
     let (status, v) = c
-        .notify(&url, &json!({"id": "a", "message": "hello", "signature": "zz"}).to_string())
+        .notify(
+            &url,
+            &json!({"id": "a", "message": "hello", "signature": "zz"}).to_string(),
+        )
         .await;
     assert_eq!((status, v["code"].as_u64()), (401, Some(455)));
     let good = hex_of(&signer.sign(b"hello").to_bytes());
     let (status, v) = c
-        .notify(&url, &json!({"id": "a", "message": "hello", "signature": good}).to_string())
+        .notify(
+            &url,
+            &json!({"id": "a", "message": "hello", "signature": good}).to_string(),
+        )
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(ua.next_notifications().await[0]["message"], "hello");
@@ -314,7 +394,9 @@ fn hex_of(bytes: &[u8]) -> String {
 
 async fn rate_limit(b: Backend) {
     let options = Options {
-        as_args: ["--rate-limit", "1", "--rate-burst", "1"].map(String::from).to_vec(),
+        as_args: ["--rate-limit", "1", "--rate-burst", "1"]
+            .map(String::from)
+            .to_vec(),
         ..Default::default()
     };
     let c = Cluster::start_with(b, options).await;
@@ -327,7 +409,11 @@ async fn rate_limit(b: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], 429);
@@ -340,7 +426,9 @@ async fn pending_sent_after_register_and_until_acked(b: Backend) {
     ua.close().await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let (status, v) = c.notify(&url, &body(&format!("p{i}"), &format!("m{i}"))).await;
+        let (status, v) = c
+            .notify(&url, &body(&format!("p{i}"), &format!("m{i}")))
+            .await;
         assert_eq!(status, 200);
         ids.push(v["messageId"].as_str().unwrap().to_owned());
         wait_status(&url, &format!("p{i}"), "pending", 1).await;
@@ -358,7 +446,8 @@ async fn pending_sent_after_register_and_until_acked(b: Backend) {
     // Not acked: sent again on the next register/ua.
     let mut ua = Ua::registered(&c.ws_url(0), &token).await;
     assert_eq!(ua.notifications(3).await.len(), 3);
-    ua.command("ack", json!({"messageIds": [ids[0], ids[1]]})).await;
+    ua.command("ack", json!({"messageIds": [ids[0], ids[1]]}))
+        .await;
     wait_status(&url, "p1", "acked", 1).await;
     ua.ack(&[]).await;
     ua.close().await;
@@ -399,14 +488,20 @@ async fn ttl_and_expiry(b: Backend) {
     sleeper.close().await;
     // ttl 0: only the UA connected right now gets it, and nothing is stored.
     let (status_code, _) = c
-        .notify(&url, &json!({"id": "now", "message": "live", "ttl": 0}).to_string())
+        .notify(
+            &url,
+            &json!({"id": "now", "message": "live", "ttl": 0}).to_string(),
+        )
         .await;
     assert_eq!(status_code, 200);
     assert_eq!(live.next_notifications().await[0]["message"], "live");
     assert_eq!(status(&url, "now").await.0, 404);
     // A short TTL runs out while the sleeper is away.
     let (status_code, _) = c
-        .notify(&url, &json!({"id": "short", "message": "brief", "ttl": 2}).to_string())
+        .notify(
+            &url,
+            &json!({"id": "short", "message": "brief", "ttl": 2}).to_string(),
+        )
         .await;
     assert_eq!(status_code, 200);
     assert_eq!(live.next_notifications().await[0]["message"], "brief");
@@ -433,7 +528,11 @@ async fn same_watoken_fans_out(b: Backend) {
     wait_status(&url, "f", "sent", 2).await;
     // After unregister/wa, only the other UA gets it.
     let token = b2.token.clone();
-    b2.command("unregister/wa", json!({"uatoken": token, "watoken": "wa-shared"})).await;
+    b2.command(
+        "unregister/wa",
+        json!({"uatoken": token, "watoken": "wa-shared"}),
+    )
+    .await;
     assert_eq!(b2.next_text().await, "OK");
     let (_, v) = c.notify(&url, &body("g", "to one")).await;
     assert_eq!(a.next_notifications().await[0]["messageId"], v["messageId"]);
@@ -454,33 +553,49 @@ async fn udp_wakeup_pull_and_ack(b: Backend) {
     assert_eq!(ua.next_text().await, "OK");
     let url = ua.register_wa("wa-udp").await;
     // Connected: every priority goes over the WebSocket, no datagram.
-    c.notify(&url, &json!({"id": "c", "message": "ws", "priority": 4}).to_string())
-        .await;
+    c.notify(
+        &url,
+        &json!({"id": "c", "message": "ws", "priority": 4}).to_string(),
+    )
+    .await;
     let n = ua.next_notifications().await;
     ua.ack(&[n[0]["messageId"].as_str().unwrap()]).await;
     ua.close().await;
     wait_status(&url, "c", "acked", 1).await;
     // Priority 3: no wake-up; the notification waits for a pull.
-    c.notify(&url, &json!({"id": "low", "message": "low", "priority": 3}).to_string())
-        .await;
+    c.notify(
+        &url,
+        &json!({"id": "low", "message": "low", "priority": 3}).to_string(),
+    )
+    .await;
     let mut buf = [0u8; 512];
     assert!(
-        tokio::time::timeout(SHORT, socket.recv_from(&mut buf)).await.is_err(),
+        tokio::time::timeout(SHORT, socket.recv_from(&mut buf))
+            .await
+            .is_err(),
         "priority 3 must not wake"
     );
     // Priority 1: a datagram at once.
-    c.notify(&url, &json!({"id": "rt", "message": "now", "priority": 1}).to_string())
-        .await;
+    c.notify(
+        &url,
+        &json!({"id": "rt", "message": "now", "priority": 1}).to_string(),
+    )
+    .await;
     let (n, _) = tokio::time::timeout(DEADLINE, socket.recv_from(&mut buf))
         .await
         .expect("a wake-up datagram")
         .unwrap();
     assert!(buf[..n].starts_with(b"NOTIFY"));
     // Another priority 1 within the interval is coalesced.
-    c.notify(&url, &json!({"id": "rt2", "message": "again", "priority": 1}).to_string())
-        .await;
+    c.notify(
+        &url,
+        &json!({"id": "rt2", "message": "again", "priority": 1}).to_string(),
+    )
+    .await;
     assert!(
-        tokio::time::timeout(SHORT, socket.recv_from(&mut buf)).await.is_err(),
+        tokio::time::timeout(SHORT, socket.recv_from(&mut buf))
+            .await
+            .is_err(),
         "a second wake-up within the interval"
     );
 
@@ -495,7 +610,11 @@ async fn udp_wakeup_pull_and_ack(b: Backend) {
     let v: Value = pull.json().await.unwrap();
     let messages = v["messages"].as_array().unwrap();
     let ids: Vec<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["low", "rt", "rt2"], "oldest first, own notifications only");
+    assert_eq!(
+        ids,
+        ["low", "rt", "rt2"],
+        "oldest first, own notifications only"
+    );
     assert_eq!(messages[0]["messageType"], "notification");
     // A limit is honoured; pulled notifications stay pending until acked.
     let v: Value = client
@@ -508,7 +627,10 @@ async fn udp_wakeup_pull_and_ack(b: Backend) {
         .await
         .unwrap();
     assert_eq!(v["messages"].as_array().unwrap().len(), 1);
-    let all: Vec<&str> = messages.iter().map(|m| m["messageId"].as_str().unwrap()).collect();
+    let all: Vec<&str> = messages
+        .iter()
+        .map(|m| m["messageId"].as_str().unwrap())
+        .collect();
     let v: Value = client
         .post(format!("{}/ack", c.udp_url))
         .json(&json!({"uatoken": token, "messageIds": all}))
@@ -552,7 +674,10 @@ async fn takeover_on_one_instance(b: Backend) {
     let mut second = Ua::registered(&c.ws_url(0), &token).await;
     assert_eq!(first.next_event(DEADLINE).await, Some(UaEvent::Closed));
     let (_, v) = c.notify(&url, &body("t", "to the newer")).await;
-    assert_eq!(second.next_notifications().await[0]["messageId"], v["messageId"]);
+    assert_eq!(
+        second.next_notifications().await[0]["messageId"],
+        v["messageId"]
+    );
 }
 
 async fn health_and_metrics(b: Backend) {

@@ -92,10 +92,20 @@ pub trait Store: Send + Sync + 'static {
     async fn update_deliveries(&self, updates: &[DeliveryUpdate], now: i64) -> StoreResult<u64>;
 
     /// The UA's outstanding (pending or sent), unexpired, unreplaced notifications, oldest first.
-    async fn outstanding(&self, ua: &UaId, now: i64, limit: usize) -> StoreResult<Vec<Notification>>;
+    async fn outstanding(
+        &self,
+        ua: &UaId,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Notification>>;
 
     /// The status report of the newest notification with this app and AS id.
-    async fn status(&self, app_token: &str, id: &str, now: i64) -> StoreResult<Option<StatusReport>>;
+    async fn status(
+        &self,
+        app_token: &str,
+        id: &str,
+        now: i64,
+    ) -> StoreResult<Option<StatusReport>>;
 
     /// Removes notifications expired before `now` and deliveries acked before `acked_before`.
     /// Returns how many records went. (MongoDB also has TTL indexes for this.)
