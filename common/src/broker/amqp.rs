@@ -474,7 +474,7 @@ async fn run_publisher(channel: Channel, mut requests: mpsc::Receiver<PublishReq
                     record(&mut pending, &mut returned, id, result);
                 }
             }
-            request = requests.recv(), if accepting && in_flight.len() < MAX_IN_FLIGHT => {
+            request = requests.recv(), if accepting && pending.len() < MAX_IN_FLIGHT => {
                 let Some(request) = request else {
                     // The connection was replaced: finish what is in flight, then stop.
                     accepting = false;
@@ -1000,8 +1000,14 @@ mod tests {
             .expect("the subscription ended")
     }
 
-    /// Deletes what a test leaves on the shared RabbitMQ (durable queues, the events exchange).
-    async fn clean_up(prefix: &str, durable_queues: &[&str]) {
+    /// Stops the broker, then deletes what the test leaves on the shared RabbitMQ.
+    async fn clean_up(broker: AmqpBroker, prefix: &str, durable_queues: &[&str]) {
+        drop(broker);
+        delete(prefix, durable_queues).await;
+    }
+
+    /// Deletes durable queues and the events exchange behind the broker's back.
+    async fn delete(prefix: &str, durable_queues: &[&str]) {
         let Ok(connection) = Connection::connect(&url(), ConnectionProperties::default()).await
         else {
             return;
@@ -1045,7 +1051,7 @@ mod tests {
         let delivery = next(&mut subscription).await;
         assert_eq!(delivery.payload, Bytes::from_static(b"two"));
         delivery.ack().await.unwrap();
-        clean_up(&prefix, &["q"]).await;
+        clean_up(broker, &prefix, &["q"]).await;
     }
 
     #[tokio::test]
@@ -1060,7 +1066,7 @@ mod tests {
         let delivery = next(&mut subscription).await;
         assert_eq!(delivery.payload, Bytes::from_static(b"again"));
         delivery.ack().await.unwrap();
-        clean_up(&prefix, &["q"]).await;
+        clean_up(broker, &prefix, &["q"]).await;
     }
 
     #[tokio::test]
@@ -1080,7 +1086,7 @@ mod tests {
         assert_eq!(again.payload, Bytes::from_static(b"lost?"));
         again.ack().await.unwrap();
         assert!(delivery.ack().await.is_err());
-        clean_up(&prefix, &["q"]).await;
+        clean_up(broker, &prefix, &["q"]).await;
     }
 
     #[tokio::test]
@@ -1094,7 +1100,7 @@ mod tests {
         let _subscription = broker.consume("q", QueueKind::Durable, 1).await.unwrap();
         broker.publish("q", Bytes::from_static(b"x")).await.unwrap();
         assert!(broker.is_healthy());
-        clean_up(&prefix, &["q"]).await;
+        clean_up(broker, &prefix, &["q"]).await;
     }
 
     #[tokio::test]
@@ -1121,7 +1127,7 @@ mod tests {
         })
         .await;
         assert!(gone.is_ok(), "the private queue outlived its consumer");
-        clean_up(&prefix, &[]).await;
+        clean_up(broker, &prefix, &[]).await;
     }
 
     #[tokio::test]
@@ -1138,7 +1144,7 @@ mod tests {
             assert_eq!(delivery.payload, Bytes::from_static(b"changed"));
             delivery.ack().await.unwrap();
         }
-        clean_up(&prefix, &[]).await;
+        clean_up(broker, &prefix, &[]).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1169,7 +1175,7 @@ mod tests {
             "{COUNT} messages: confirmed in {published:?}, consumed in {consumed:?} ({:.0} msg/s)",
             COUNT as f64 / consumed.as_secs_f64()
         );
-        clean_up(&prefix, &["q"]).await;
+        clean_up(broker, &prefix, &["q"]).await;
     }
 
     /// lapin attaches returns to whichever confirm resolves next; the publisher must still give
@@ -1201,7 +1207,7 @@ mod tests {
             })
             .collect();
         assert!(wrong.is_empty(), "{} wrong outcomes", wrong.len());
-        clean_up(&prefix, &["q"]).await;
+        clean_up(broker, &prefix, &["q"]).await;
     }
 
     /// A queue deleted under its consumer is declared again; the connection is not affected.
@@ -1214,7 +1220,7 @@ mod tests {
         let (broker, prefix) = broker().await;
         let mut work = broker.consume("q", QueueKind::Durable, 10).await.unwrap();
         let generation = broker.current().unwrap().generation;
-        clean_up(&prefix, &["q"]).await;
+        delete(&prefix, &["q"]).await;
         let back = timeout(DEADLINE, async {
             while broker
                 .publish("q", Bytes::from_static(b"again"))
@@ -1229,7 +1235,7 @@ mod tests {
         assert_eq!(next(&mut work).await.payload, Bytes::from_static(b"again"));
         assert_eq!(broker.current().unwrap().generation, generation);
         assert!(broker.is_healthy());
-        clean_up(&prefix, &["q"]).await;
+        clean_up(broker, &prefix, &["q"]).await;
     }
 
     /// The pid of our connection in `rabbitmqctl list_connections`, if the tool is there.
@@ -1260,6 +1266,10 @@ mod tests {
     /// alone) and checks that everything comes back on a new one.
     #[tokio::test]
     async fn recovers_when_the_broker_closes_the_connection() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let (broker, prefix) = broker().await;
         let Some(pid) = connection_pid(&prefix) else {
             eprintln!("rabbitmqctl unavailable: reconnection test skipped");
@@ -1320,7 +1330,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next(&mut events).await.payload, Bytes::from_static(b"e"));
-        clean_up(&prefix, &["q"]).await;
+        clean_up(broker, &prefix, &["q"]).await;
     }
 
     /// Restarts the whole RabbitMQ node, so it disturbs every other test: run it alone with
@@ -1369,6 +1379,6 @@ mod tests {
         assert_eq!(delivery.payload, Bytes::from_static(b"after"));
         delivery.ack().await.unwrap();
         assert!(next(&mut events).await.payload.is_empty());
-        clean_up(&prefix, &["q"]).await;
+        clean_up(broker, &prefix, &["q"]).await;
     }
 }
