@@ -135,6 +135,12 @@ impl Broker for LocalBroker {
         true
     }
 
+    async fn declare_durable(&self, queue: &str) -> Result<(), BrokerError> {
+        // The inherent method of the same name does the work.
+        LocalBroker::declare_durable(self, queue);
+        Ok(())
+    }
+
     async fn publish(&self, queue: &str, payload: Bytes) -> Result<(), BrokerError> {
         let tx = {
             let mut queues = self.inner.queues();
