@@ -38,7 +38,7 @@ pub struct Settings {
     #[arg(long, env = "NS_PREFETCH", default_value_t = 512)]
     pub prefetch: u16,
     /// Most pending notifications sent right after `register/ua`.
-    #[arg(long, env = "NS_MAX_PENDING", default_value_t = 1000)]
+    #[arg(long, env = "NS_MAX_PENDING", default_value_t = 10_000)]
     pub max_pending: usize,
     /// Seconds between WebSocket pings to each idle connection.
     #[arg(long, env = "NS_PING_INTERVAL_SECS", default_value_t = 60)]
@@ -50,7 +50,7 @@ impl Default for Settings {
         Settings {
             server_id: None,
             prefetch: 512,
-            max_pending: 1000,
+            max_pending: 10_000,
             ping_interval_secs: 60,
         }
     }

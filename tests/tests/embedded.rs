@@ -36,7 +36,7 @@ async fn kill_9_loses_nothing_that_was_answered() {
         tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut ids = Vec::new();
-            for i in 0..900 {
+            for i in 0..2000 {
                 let r = client
                     .post(&url)
                     .body(json!({"id": format!("k{i}"), "message": "m"}).to_string())
