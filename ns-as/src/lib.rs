@@ -32,6 +32,7 @@ const APP_CACHE_LIMIT: usize = 100_000;
 
 /// The settings of ns-as.
 #[derive(Args, Clone, Debug)]
+#[group(id = "notify")]
 pub struct Settings {
     /// Largest `message`, in bytes of UTF-8.
     #[arg(long, env = "NS_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE)]

@@ -27,6 +27,7 @@ use cache::RouteCache;
 
 /// The settings of ns-msg-monitor.
 #[derive(Args, Clone, Debug)]
+#[group(id = "monitor")]
 pub struct Settings {
     /// Unacked `newMessages` deliveries taken from the broker at once.
     #[arg(long, env = "NS_PREFETCH", default_value_t = 512)]

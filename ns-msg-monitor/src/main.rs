@@ -41,3 +41,13 @@ async fn main() -> anyhow::Result<()> {
     };
     ns_msg_monitor::run(cli.settings, listener, deps, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

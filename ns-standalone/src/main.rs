@@ -12,7 +12,7 @@ use common::broker::Broker;
 use common::config::{LogConfig, Problems, PublicUrlConfig, SecretConfig};
 use common::crypto::Secret;
 use common::metrics::Registry;
-use common::store::embedded::EmbeddedStore;
+use common::store::disk::EmbeddedStore;
 use common::store::Store;
 use tokio::net::TcpListener;
 
@@ -196,4 +196,14 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     result.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

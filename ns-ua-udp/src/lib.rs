@@ -34,6 +34,7 @@ const MAX_ACK_IDS: usize = 1000;
 
 /// The settings of ns-ua-udp.
 #[derive(Args, Clone, Debug)]
+#[group(id = "wakeup")]
 pub struct Settings {
     /// Least time between two wake-ups of one UA while its notifications are unpulled (s).
     #[arg(long, env = "NS_WAKEUP_INTERVAL_SECS", default_value_t = 5)]

@@ -55,3 +55,13 @@ async fn main() -> anyhow::Result<()> {
     };
     ns_ua_udp::run(cli.settings, listener, deps, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

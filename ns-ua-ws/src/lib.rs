@@ -30,6 +30,7 @@ use warp::{Filter, Reply};
 
 /// The settings of ns-ua-ws.
 #[derive(Args, Clone, Debug)]
+#[group(id = "front_end")]
 pub struct Settings {
     /// Unique id of this instance in the cluster; names its broker queue. Default: random.
     #[arg(long, env = "NS_SERVER_ID")]
@@ -260,7 +261,11 @@ where
     if upgrade {
         conn::serve(stream, shared, shutdown).await;
     } else {
-        ns_http::serve_connection(stream, routes).await;
+        // An idle keep-alive connection must not hold up shutdown.
+        tokio::select! {
+            _ = ns_http::serve_connection(stream, routes) => {}
+            _ = shutdown.cancelled() => {}
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! distributed mode, an embedded database in the one-process mode.
 
 pub mod conformance;
+pub mod disk;
 pub mod mongo;
 
 use async_trait::async_trait;
