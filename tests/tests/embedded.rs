@@ -29,35 +29,36 @@ async fn kill_9_loses_nothing_that_was_answered() {
     .await;
     ua.close().await;
 
-    // Notifications answered 200 right up to the kill.
+    // Notifications answered 200 right up to the kill, from concurrent senders so that the
+    // kill lands in the middle of group commits.
     let mut answered = std::collections::HashSet::new();
-    let sender = {
-        let url = url.clone();
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut ids = Vec::new();
-            for i in 0..2000 {
-                let r = client
-                    .post(&url)
-                    .body(json!({"id": format!("k{i}"), "message": "m"}).to_string())
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 200 => {
-                        let v: serde_json::Value = r.json().await.unwrap_or_default();
-                        if let Some(id) = v["messageId"].as_str() {
-                            ids.push(id.to_owned());
+    let senders: Vec<_> = (0..8)
+        .map(|s| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut ids = Vec::new();
+                for i in 0..1000 {
+                    let body = json!({"id": format!("k{s}-{i}"), "message": "m"}).to_string();
+                    match client.post(&url).body(body).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let v: serde_json::Value = r.json().await.unwrap_or_default();
+                            if let Some(id) = v["messageId"].as_str() {
+                                ids.push(id.to_owned());
+                            }
                         }
+                        _ => break,
                     }
-                    _ => break,
                 }
-            }
-            ids
+                ids
+            })
         })
-    };
+        .collect();
     tokio::time::sleep(Duration::from_millis(700)).await;
     c.proc("ns-standalone").kill();
-    answered.extend(sender.await.unwrap());
+    for sender in senders {
+        answered.extend(sender.await.unwrap());
+    }
     assert!(!answered.is_empty(), "nothing was answered before the kill");
 
     c.proc("ns-standalone").start();

@@ -238,7 +238,8 @@ fn load(db: &Database) -> StoreResult<Mem> {
     let table = txn.open_table(UAS).map_err(db_err)?;
     for entry in table.iter().map_err(db_err)? {
         let (k, v) = entry.map_err(db_err)?;
-        mem.uas.insert(UaId(k.value().to_owned()), decode(v.value())?);
+        mem.uas
+            .insert(UaId(k.value().to_owned()), decode(v.value())?);
     }
     let table = txn.open_table(APPS).map_err(db_err)?;
     for entry in table.iter().map_err(db_err)? {
@@ -295,7 +296,9 @@ fn write_loop(db: &Database, mut rx: mpsc::Receiver<Commit>) {
         for (_, done) in group {
             let answer = match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::unavailable(std::io::Error::other(e.to_string()))),
+                Err(e) => Err(StoreError::unavailable(std::io::Error::other(
+                    e.to_string(),
+                ))),
             };
             let _ = done.send(answer);
         }
@@ -414,7 +417,11 @@ impl Store for EmbeddedStore {
                 .or_default()
                 .insert(ua.clone())
             {
-                vec![Op::Put(Table::Registrations, pair(app_token, &ua.0), Vec::new())]
+                vec![Op::Put(
+                    Table::Registrations,
+                    pair(app_token, &ua.0),
+                    Vec::new(),
+                )]
             } else {
                 Vec::new()
             }
@@ -467,7 +474,11 @@ impl Store for EmbeddedStore {
             mem.notifications
                 .insert(n.message_id.clone(), record.clone());
             mem.index_notification(&record);
-            ops.push(Op::Put(Table::Notifications, n.message_id.clone(), encode(&record)));
+            ops.push(Op::Put(
+                Table::Notifications,
+                n.message_id.clone(),
+                encode(&record),
+            ));
             // Every older notification with the same app and AS id is replaced, wherever it
             // is still outstanding.
             let older: Vec<(i64, String)> = mem
@@ -504,7 +515,11 @@ impl Store for EmbeddedStore {
                             at: now,
                         };
                         mem.set_delivery(&key.1, &ua, replaced);
-                        ops.push(Op::Put(Table::Deliveries, pair(&key.1, &ua.0), encode(&replaced)));
+                        ops.push(Op::Put(
+                            Table::Deliveries,
+                            pair(&key.1, &ua.0),
+                            encode(&replaced),
+                        ));
                     }
                 }
             }
@@ -527,7 +542,11 @@ impl Store for EmbeddedStore {
                 record.routed = true;
                 let record = record.clone();
                 mem.unrouted.remove(&(n.created_at, n.message_id.clone()));
-                ops.push(Op::Put(Table::Notifications, n.message_id.clone(), encode(&record)));
+                ops.push(Op::Put(
+                    Table::Notifications,
+                    n.message_id.clone(),
+                    encode(&record),
+                ));
             }
             let now = crate::now_secs();
             for ua in uas {
@@ -541,7 +560,11 @@ impl Store for EmbeddedStore {
                         at: now,
                     };
                     mem.set_delivery(&n.message_id, ua, pending);
-                    ops.push(Op::Put(Table::Deliveries, pair(&n.message_id, &ua.0), encode(&pending)));
+                    ops.push(Op::Put(
+                        Table::Deliveries,
+                        pair(&n.message_id, &ua.0),
+                        encode(&pending),
+                    ));
                 }
             }
             ops
@@ -589,7 +612,11 @@ impl Store for EmbeddedStore {
                     at: now,
                 };
                 mem.set_delivery(&u.message_id, &u.ua, record);
-                ops.push(Op::Put(Table::Deliveries, pair(&u.message_id, &u.ua.0), encode(&record)));
+                ops.push(Op::Put(
+                    Table::Deliveries,
+                    pair(&u.message_id, &u.ua.0),
+                    encode(&record),
+                ));
                 changed += 1;
             }
             (changed, ops)
@@ -617,7 +644,12 @@ impl Store for EmbeddedStore {
             .collect())
     }
 
-    async fn status(&self, app_token: &str, id: &str, now: i64) -> StoreResult<Option<StatusReport>> {
+    async fn status(
+        &self,
+        app_token: &str,
+        id: &str,
+        now: i64,
+    ) -> StoreResult<Option<StatusReport>> {
         let mem = self.mem();
         let Some((_, newest)) = mem
             .by_app_id
@@ -685,7 +717,10 @@ impl Store for EmbeddedStore {
                     n.is_expired(now)
                         || n.ttl == 0
                         || (r.routed
-                            && mem.deliveries.get(&n.message_id).is_none_or(HashMap::is_empty))
+                            && mem
+                                .deliveries
+                                .get(&n.message_id)
+                                .is_none_or(HashMap::is_empty))
                 })
                 .map(|r| r.notification.message_id.clone())
                 .collect();
@@ -750,7 +785,10 @@ mod tests {
                 .unwrap();
             store.register_wa(&ua, "app").await.unwrap();
             store.insert_notification(&n).await.unwrap();
-            assert!(store.add_deliveries(&n, &[ua.clone()]).await.unwrap());
+            assert!(store
+                .add_deliveries(&n, std::slice::from_ref(&ua))
+                .await
+                .unwrap());
         }
         // The writer thread of the first store may still hold the file for a moment.
         let store = loop {
@@ -761,7 +799,14 @@ mod tests {
         };
         assert!(store.get_app("app").await.unwrap().is_some());
         assert_eq!(store.app_uas("app").await.unwrap(), vec![ua.clone()]);
-        assert_eq!(store.ua_routes(&[ua.clone()]).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .ua_routes(std::slice::from_ref(&ua))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         let out = store.outstanding(&ua, crate::now_secs(), 10).await.unwrap();
         assert_eq!(out, vec![n]);
     }
