@@ -1,6 +1,17 @@
 //! SIGINT/SIGTERM turned into a cancellation token.
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Waits for `tasks` to finish after shutdown, at most `grace`; says so if they did not.
+pub async fn drain(tasks: &TaskTracker, grace: Duration, what: &str) {
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!("{what} did not finish within {grace:?}");
+    }
+}
 
 /// A token cancelled on the first SIGINT or SIGTERM.
 pub fn on_signal() -> CancellationToken {

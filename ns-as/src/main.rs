@@ -1,6 +1,5 @@
 //! The ns-as binary: parses its configuration and runs the service.
 
-use anyhow::Context;
 use clap::Parser;
 use common::config::{AmqpConfig, ConfigError, LogConfig, MongoConfig, Problems};
 use common::metrics::Registry;
@@ -32,22 +31,17 @@ async fn main() -> anyhow::Result<()> {
         )));
     }
     problems.exit_if_any();
-    common::telemetry::init(&cli.log);
-
-    let shutdown = common::shutdown::on_signal();
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("binding {}", cli.listen))?;
-    let Some((store, broker)) = common::bootstrap::connect(&cli.mongo, &cli.amqp, &shutdown).await
+    let Some(started) =
+        common::bootstrap::start(&cli.log, cli.listen, &cli.mongo, &cli.amqp).await?
     else {
         return Ok(());
     };
     let deps = ns_as::Deps {
-        store,
-        broker,
+        store: started.store,
+        broker: started.broker,
         registry: Registry::default(),
     };
-    ns_as::run(cli.settings, listener, deps, shutdown).await
+    ns_as::run(cli.settings, started.listener, deps, started.shutdown).await
 }
 
 #[cfg(test)]

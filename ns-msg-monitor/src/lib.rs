@@ -279,13 +279,8 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), "ns-msg-monitor listening");
     ns_http::serve(listener, routes.unify(), shutdown.clone()).await;
 
-    tasks.close();
-    if tokio::time::timeout(Duration::from_secs(20), tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("routing did not drain in time; unacked messages will be redelivered");
-    }
+    // Unacked messages of routing cut short are redelivered to the next monitor.
+    common::shutdown::drain(&tasks, Duration::from_secs(20), "routing").await;
     Ok(())
 }
 

@@ -1,6 +1,5 @@
 //! The ns-msg-monitor binary: parses its configuration and runs the service.
 
-use anyhow::Context;
 use clap::Parser;
 use common::config::{AmqpConfig, LogConfig, MongoConfig};
 use common::metrics::Registry;
@@ -25,21 +24,17 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    common::telemetry::init(&cli.log);
-    let shutdown = common::shutdown::on_signal();
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("binding {}", cli.listen))?;
-    let Some((store, broker)) = common::bootstrap::connect(&cli.mongo, &cli.amqp, &shutdown).await
+    let Some(started) =
+        common::bootstrap::start(&cli.log, cli.listen, &cli.mongo, &cli.amqp).await?
     else {
         return Ok(());
     };
     let deps = ns_msg_monitor::Deps {
-        store,
-        broker,
+        store: started.store,
+        broker: started.broker,
         registry: Registry::default(),
     };
-    ns_msg_monitor::run(cli.settings, listener, deps, shutdown).await
+    ns_msg_monitor::run(cli.settings, started.listener, deps, started.shutdown).await
 }
 
 #[cfg(test)]

@@ -129,14 +129,11 @@ impl State {
                 tracing::warn!(error = %e, "reading pending notifications failed");
                 unavailable()
             })?;
-        let updates = messages
-            .iter()
-            .map(|n| DeliveryUpdate {
-                message_id: n.message_id.clone(),
-                ua: ua.clone(),
-                status: DeliveryStatus::Sent,
-            })
-            .collect();
+        let updates = DeliveryUpdate::for_ua(
+            &ua,
+            messages.iter().map(|n| n.message_id.clone()),
+            DeliveryStatus::Sent,
+        );
         if self.writer.write(updates).await.is_err() {
             tracing::warn!("recording pulled notifications as sent failed");
         }
@@ -162,14 +159,7 @@ impl State {
         if ids.len() > MAX_ACK_IDS {
             return Err(ProtocolError::new(Code::TooBig, "too many message ids"));
         }
-        let updates: Vec<_> = ids
-            .into_iter()
-            .map(|message_id| DeliveryUpdate {
-                message_id,
-                ua: ua.clone(),
-                status: DeliveryStatus::Acked,
-            })
-            .collect();
+        let updates = DeliveryUpdate::for_ua(&ua, ids, DeliveryStatus::Acked);
         // Acks are answered with a count, so they go straight to the store (not batched).
         let acked = self
             .deps
@@ -259,8 +249,7 @@ pub async fn run(
 
     tracing::info!(addr = ?listener.local_addr().ok(), "ns-ua-udp listening");
     ns_http::serve(listener, routes(state), shutdown).await;
-    tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+    common::shutdown::drain(&tasks, Duration::from_secs(10), "wake-up work").await;
     Ok(())
 }
 

@@ -336,14 +336,11 @@ impl Conn {
             self.shared.metrics.delivered.add(chunk.len() as i64);
             sent.extend(chunk.iter().map(|n| n.message_id.clone()));
         }
-        let updates = pending
-            .iter()
-            .map(|n| DeliveryUpdate {
-                message_id: n.message_id.clone(),
-                ua: ua.clone(),
-                status: DeliveryStatus::Sent,
-            })
-            .collect();
+        let updates = DeliveryUpdate::for_ua(
+            ua,
+            pending.iter().map(|n| n.message_id.clone()),
+            DeliveryStatus::Sent,
+        );
         if self.shared.writer.write(updates).await.is_err() {
             tracing::warn!("recording pending notifications as sent failed");
         }
@@ -420,14 +417,7 @@ impl Conn {
     async fn ack(&mut self, message_ids: Vec<String>) -> Result<(), ProtocolError> {
         let ua = self.session.check_any_ua()?;
         let count = message_ids.len();
-        let updates = message_ids
-            .into_iter()
-            .map(|message_id| DeliveryUpdate {
-                message_id,
-                ua: ua.clone(),
-                status: DeliveryStatus::Acked,
-            })
-            .collect();
+        let updates = DeliveryUpdate::for_ua(&ua, message_ids, DeliveryStatus::Acked);
         self.shared
             .writer
             .write(updates)

@@ -235,13 +235,7 @@ pub async fn run(
         }
     }
     drop(listener);
-    tasks.close();
-    if tokio::time::timeout(Duration::from_secs(20), tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections did not close in time");
-    }
+    common::shutdown::drain(&tasks, Duration::from_secs(20), "closing connections").await;
     Ok(())
 }
 

@@ -1,6 +1,5 @@
 //! The ns-ua-ws binary: parses its configuration and runs the service.
 
-use anyhow::Context;
 use clap::Parser;
 use common::config::{AmqpConfig, LogConfig, MongoConfig, Problems, PublicUrlConfig, SecretConfig};
 use common::metrics::Registry;
@@ -36,24 +35,19 @@ async fn main() -> anyhow::Result<()> {
     let Some(secret) = secret else {
         return Ok(());
     };
-    common::telemetry::init(&cli.log);
-
-    let shutdown = common::shutdown::on_signal();
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("binding {}", cli.listen))?;
-    let Some((store, broker)) = common::bootstrap::connect(&cli.mongo, &cli.amqp, &shutdown).await
+    let Some(started) =
+        common::bootstrap::start(&cli.log, cli.listen, &cli.mongo, &cli.amqp).await?
     else {
         return Ok(());
     };
     let deps = ns_ua_ws::Deps {
-        store,
-        broker,
+        store: started.store,
+        broker: started.broker,
         registry: Registry::default(),
         secret,
         notify_base_url: cli.public.notify_base_url,
     };
-    ns_ua_ws::run(cli.settings, listener, deps, shutdown).await
+    ns_ua_ws::run(cli.settings, started.listener, deps, started.shutdown).await
 }
 
 #[cfg(test)]

@@ -61,6 +61,18 @@ fn body(id: &str, message: &str) -> String {
     json!({ "id": id, "message": message }).to_string()
 }
 
+/// POSTs JSON; returns the status and the JSON answer.
+async fn post_json(url: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .expect("POST");
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
 async fn status(url: &str, id: &str) -> (u16, Value) {
     let r = reqwest::get(format!("{url}/{id}"))
         .await
@@ -599,16 +611,10 @@ async fn udp_wakeup_pull_and_ack(b: Backend) {
         "a second wake-up within the interval"
     );
 
-    let client = reqwest::Client::new();
-    let pull = client
-        .post(format!("{}/pull", c.udp_url))
-        .json(&json!({"uatoken": token}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(pull.status(), 200);
-    let v: Value = pull.json().await.unwrap();
-    let messages = v["messages"].as_array().unwrap();
+    let (pull, ack) = (format!("{}/pull", c.udp_url), format!("{}/ack", c.udp_url));
+    let (code, v) = post_json(&pull, &json!({"uatoken": token})).await;
+    assert_eq!(code, 200);
+    let messages = v["messages"].as_array().unwrap().clone();
     let ids: Vec<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(
         ids,
@@ -617,52 +623,21 @@ async fn udp_wakeup_pull_and_ack(b: Backend) {
     );
     assert_eq!(messages[0]["messageType"], "notification");
     // A limit is honoured; pulled notifications stay pending until acked.
-    let v: Value = client
-        .post(format!("{}/pull", c.udp_url))
-        .json(&json!({"uatoken": token, "limit": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = post_json(&pull, &json!({"uatoken": token, "limit": 1})).await;
     assert_eq!(v["messages"].as_array().unwrap().len(), 1);
     let all: Vec<&str> = messages
         .iter()
         .map(|m| m["messageId"].as_str().unwrap())
         .collect();
-    let v: Value = client
-        .post(format!("{}/ack", c.udp_url))
-        .json(&json!({"uatoken": token, "messageIds": all}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["acked"], 3);
-    let v: Value = client
-        .post(format!("{}/pull", c.udp_url))
-        .json(&json!({"uatoken": token}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (code, v) = post_json(&ack, &json!({"uatoken": token, "messageIds": all})).await;
+    assert_eq!((code, v["acked"].as_u64()), (200, Some(3)));
+    let (_, v) = post_json(&pull, &json!({"uatoken": token})).await;
     assert_eq!(v["messages"].as_array().unwrap().len(), 0);
 
     for bad in [json!({"uatoken": "forged"}), json!({})] {
-        for path in ["pull", "ack"] {
-            let r = client
-                .post(format!("{}/{path}", c.udp_url))
-                .json(&bad)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 401);
-            let v: Value = r.json().await.unwrap();
-            assert_eq!(v["code"], 456);
+        for url in [&pull, &ack] {
+            let (code, v) = post_json(url, &bad).await;
+            assert_eq!((code, v["code"].as_u64()), (401, Some(456)), "{url} {bad}");
         }
     }
 }

@@ -35,6 +35,24 @@ pub struct DeliveryUpdate {
     pub status: DeliveryStatus,
 }
 
+impl DeliveryUpdate {
+    /// The same change for several notifications of one UA.
+    pub fn for_ua(
+        ua: &UaId,
+        message_ids: impl IntoIterator<Item = String>,
+        status: DeliveryStatus,
+    ) -> Vec<DeliveryUpdate> {
+        message_ids
+            .into_iter()
+            .map(|message_id| DeliveryUpdate {
+                message_id,
+                ua: ua.clone(),
+                status,
+            })
+            .collect()
+    }
+}
+
 /// What every implementation keeps: UAs and where they are connected, WA registrations,
 /// notifications and their per-UA delivery states.
 ///
