@@ -67,14 +67,18 @@ async fn deliver(shared: &Shared, n: &Notification, targets: &[UaId]) -> bool {
     let frame =
         serde_json::to_string(&[n.to_frame(&shared.deps.notify_base_url)]).unwrap_or_default();
     let frame = tokio_tungstenite::tungstenite::Utf8Bytes::from(frame);
-    let mut sent = Vec::with_capacity(targets.len());
-    let mut away = Vec::new();
-    for ua in targets {
+    // One slow connection must not hold up the others of a fan-out.
+    let attempts = targets.iter().map(|ua| {
         let outbound = Outbound::Notify {
             message_id: n.message_id.clone(),
             frame: frame.clone(),
         };
-        if shared.send_to(ua, outbound) {
+        async move { (ua, shared.send_to(ua, outbound).await) }
+    });
+    let mut sent = Vec::with_capacity(targets.len());
+    let mut away = Vec::new();
+    for (ua, delivered) in futures::future::join_all(attempts).await {
+        if delivered {
             sent.push(DeliveryUpdate {
                 message_id: n.message_id.clone(),
                 ua: ua.clone(),

@@ -128,13 +128,18 @@ impl Shared {
         }
     }
 
-    /// Queues `outbound` on `ua`'s live connection; false if it has none here or the
-    /// connection is too far behind (the notification then stays pending).
-    fn send_to(&self, ua: &UaId, outbound: Outbound) -> bool {
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns
-            .get(ua)
-            .is_some_and(|h| h.tx.try_send(outbound).is_ok())
+    /// Queues `outbound` on `ua`'s live connection, waiting a little while the connection
+    /// catches up; false if it has none here or stays too far behind (the notification then
+    /// stays pending for its next registration).
+    async fn send_to(&self, ua: &UaId, outbound: Outbound) -> bool {
+        let tx = {
+            let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            match conns.get(ua) {
+                Some(h) => h.tx.clone(),
+                None => return false,
+            }
+        };
+        tx.send_timeout(outbound, SLOW_UA_TIMEOUT).await.is_ok()
     }
 
     /// Closes `ua`'s connection here if it is `conn` (a take-over from another instance).
@@ -238,6 +243,9 @@ pub async fn run(
     common::shutdown::drain(&tasks, Duration::from_secs(20), "closing connections").await;
     Ok(())
 }
+
+/// How long a delivery waits for a connection whose outbound queue is full.
+const SLOW_UA_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest request head read before deciding between HTTP and WebSocket.
 const MAX_HEAD: usize = 8192;

@@ -44,6 +44,7 @@ both_modes!(
     udp_wakeup_pull_and_ack,
     takeover_on_one_instance,
     health_and_metrics,
+    burst_to_one_live_ua,
 );
 
 const SHORT: Duration = Duration::from_millis(1500);
@@ -665,4 +666,29 @@ async fn health_and_metrics(b: Backend) {
         let text = r.text().await.unwrap();
         assert!(text.contains("# TYPE ns_"), "{url}/metrics: {text}");
     }
+}
+
+async fn burst_to_one_live_ua(b: Backend) {
+    let c = Cluster::start(b).await;
+    let (mut ua, url) = ua_with_wa(&c, 0, "wa-burst").await;
+    // Far more than a connection's outbound queue holds, all at once.
+    let sends = (0..300).map(|i| {
+        let (c, url) = (&c, &url);
+        async move { c.notify(url, &body(&format!("b{i}"), "burst")).await }
+    });
+    let mut ids = std::collections::HashSet::new();
+    for (status_code, v) in futures::future::join_all(sends).await {
+        assert_eq!(status_code, 200, "{v}");
+        ids.insert(v["messageId"].as_str().unwrap().to_owned());
+    }
+    let mut got = std::collections::HashSet::new();
+    while got.len() < ids.len() {
+        for n in ua.next_notifications().await {
+            got.insert(n["messageId"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(
+        got, ids,
+        "every notification arrives on the open connection"
+    );
 }
