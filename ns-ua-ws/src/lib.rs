@@ -106,12 +106,14 @@ pub(crate) struct Shared {
 impl Shared {
     /// Makes `conn` the live connection of `ua` here; tells an older local one to close.
     fn attach(&self, ua: &UaId, handle: ConnHandle) {
+        let conn = handle.conn.clone();
         let old = self
             .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(ua.clone(), handle);
-        if let Some(old) = old {
+        // A connection registering its own UA again is not a take-over.
+        if let Some(old) = old.filter(|old| old.conn != conn) {
             self.metrics.taken_over.inc();
             let _ = old.tx.try_send(Outbound::TakenOver);
         }

@@ -141,6 +141,11 @@ async fn websocket_basics(b: Backend) {
     // None of these errors closed the connection.
     ua.command("register/ua", json!({"uatoken": token})).await;
     assert_eq!(ua.next_text().await, "OK");
+    // Registering the same token again on the same connection is harmless.
+    ua.command("register/ua", json!({"uatoken": token})).await;
+    assert_eq!(ua.next_text().await, "OK");
+    ua.send_text("PING").await;
+    assert_eq!(ua.next_text().await, "PONG");
     // A WebSocket ping is answered too.
     ua.ws
         .send(tokio_tungstenite::tungstenite::Message::Ping(
