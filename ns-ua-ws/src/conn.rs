@@ -193,8 +193,8 @@ impl Conn {
             Ok(c) => c,
             Err(e) => {
                 self.send_error(&e).await?;
-                // A register/ua that can't even be read is still a rejected register/ua.
-                return if text.contains("register/ua") && !text.contains("register/wa") {
+                // A register/ua with bad data is still a rejected register/ua.
+                return if crate::session::names_register_ua(text) {
                     Err(End::Rejected)
                 } else {
                     Ok(())

@@ -109,6 +109,13 @@ pub fn parse(text: &str) -> Result<Command, ProtocolError> {
     }
 }
 
+/// True when a frame that failed to parse was a `register/ua` (its rejection closes).
+pub fn names_register_ua(text: &str) -> bool {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .is_some_and(|v| v.get("command").and_then(Value::as_str) == Some("register/ua"))
+}
+
 fn parse_interface(value: Option<&Value>) -> Result<Option<Interface>, ProtocolError> {
     let bad = || {
         err(
@@ -298,6 +305,15 @@ mod tests {
             Code::Generic
         );
         assert_eq!(code(r#"{"command":"ack","data":{}}"#), Code::Generic);
+    }
+
+    #[test]
+    fn a_bad_register_ua_is_recognised() {
+        assert!(names_register_ua(r#"{"command":"register/ua","data":{}}"#));
+        assert!(!names_register_ua(
+            r#"{"command":"register/wa","data":{"x":"register/ua"}}"#
+        ));
+        assert!(!names_register_ua("{register/ua"));
     }
 
     #[test]
