@@ -31,6 +31,9 @@ const SUBPROTOCOL: &str = "push-notification";
 const OUTBOUND_QUEUE: usize = 64;
 /// Notifications per frame when sending the pending ones.
 const PENDING_PER_FRAME: usize = 100;
+/// Bytes read from the socket at once. Commands are a few hundred bytes; a larger frame
+/// still gets a buffer of its own size while it is read.
+const READ_BUFFER: usize = 1024;
 /// Largest client frame: commands are small.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
@@ -40,7 +43,7 @@ type Ws = WebSocketStream<TcpStream>;
 /// many one instance holds.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
         .max_frame_size(Some(MAX_CLIENT_MESSAGE))
@@ -70,13 +73,13 @@ fn select_subprotocol(
 
 /// Runs one WebSocket connection to its end.
 pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let ws = match tokio_tungstenite::accept_hdr_async_with_config(
+    // The handshake's room is given back once it is done.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         select_subprotocol,
         Some(ws_config()),
-    )
-    .await
-    {
+    ));
+    let ws = match handshake.await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(error = %e, "WebSocket handshake failed");
@@ -122,7 +125,9 @@ impl Conn {
             tokio::select! {
                 frame = self.ws.next() => {
                     let result = match frame {
-                        Some(Ok(Message::Text(text))) => self.on_text(&text, &mut rx).await,
+                        // On the heap: a command's future is large, and an idle
+                        // connection should not carry its room.
+                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(&text, &mut rx)).await,
                         Some(Ok(Message::Binary(_))) => {
                             self.send_error(&ProtocolError::new(Code::Binary, "binary frames not supported")).await
                         }
@@ -138,8 +143,8 @@ impl Conn {
                     }
                 }
                 outbound = rx.recv() => match outbound {
-                    Some(Outbound::Notify { frame, .. }) => {
-                        if self.ws.send(Message::Text(frame)).await.is_err() {
+                    Some(Outbound::Notify(queued)) => {
+                        if self.ws.send(Message::Text(queued.frame)).await.is_err() {
                             return;
                         }
                         self.shared.metrics.delivered.inc();
@@ -347,9 +352,9 @@ impl Conn {
         // Notifications routed here while the pending ones were read may be among them.
         while let Ok(outbound) = rx.try_recv() {
             match outbound {
-                Outbound::Notify { message_id, frame } => {
-                    if !sent.contains(&message_id) {
-                        self.send_text(frame).await?;
+                Outbound::Notify(queued) => {
+                    if !sent.contains(&queued.message_id) {
+                        self.send_text(queued.frame).await?;
                         self.shared.metrics.delivered.inc();
                     }
                 }

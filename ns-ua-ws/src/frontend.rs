@@ -14,7 +14,7 @@ use common::store::DeliveryUpdate;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Outbound, Shared};
+use crate::{Outbound, Queued, Shared};
 
 /// Consumes the instance's queue until `shutdown`.
 pub(crate) async fn consume(shared: Arc<Shared>, shutdown: CancellationToken) {
@@ -69,10 +69,10 @@ async fn deliver(shared: &Shared, n: &Notification, targets: &[UaId]) -> bool {
     let frame = tokio_tungstenite::tungstenite::Utf8Bytes::from(frame);
     // One slow connection must not hold up the others of a fan-out.
     let attempts = targets.iter().map(|ua| {
-        let outbound = Outbound::Notify {
+        let outbound = Outbound::Notify(Box::new(Queued {
             message_id: n.message_id.clone(),
             frame: frame.clone(),
-        };
+        }));
         async move { (ua, shared.send_to(ua, outbound).await) }
     });
     let mut sent = Vec::with_capacity(targets.len());

@@ -68,15 +68,18 @@ pub struct Deps {
     pub notify_base_url: String,
 }
 
-/// What is sent to a live connection from outside its task.
+/// What is sent to a live connection from outside its task. Kept one pointer wide: the
+/// queue of every connection, idle or not, allocates room for a block of these.
 pub(crate) enum Outbound {
     /// One notification frame (a JSON array of one object).
-    Notify {
-        message_id: String,
-        frame: Utf8Bytes,
-    },
+    Notify(Box<Queued>),
     /// Close the connection: the UA registered elsewhere.
     TakenOver,
+}
+
+pub(crate) struct Queued {
+    pub(crate) message_id: String,
+    pub(crate) frame: Utf8Bytes,
 }
 
 /// The handle of a live, registered connection.
@@ -262,12 +265,13 @@ where
         Ok(Ok(upgrade)) => upgrade,
         _ => return,
     };
+    // Each branch on the heap: the task then holds only the one it runs, at its own size.
     if upgrade {
-        conn::serve(stream, shared, shutdown).await;
+        Box::pin(conn::serve(stream, shared, shutdown)).await;
     } else {
         // An idle keep-alive connection must not hold up shutdown.
         tokio::select! {
-            _ = ns_http::serve_connection(stream, routes) => {}
+            _ = Box::pin(ns_http::serve_connection(stream, routes)) => {}
             _ = shutdown.cancelled() => {}
         }
     }

@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Which deployment a test runs against.
@@ -48,37 +48,41 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// Builds the server binaries of `packages` (once per test run each) and returns the
-/// directory they are in.
+/// Builds the binaries of `packages` (once per test run each) and returns the directory
+/// they are in.
 fn bin_dir(packages: &'static [&'static str]) -> PathBuf {
-    static DISTRIBUTED: OnceLock<()> = OnceLock::new();
-    static EMBEDDED: OnceLock<()> = OnceLock::new();
-    let once = if packages.contains(&"ns-standalone") {
-        &EMBEDDED
-    } else {
-        &DISTRIBUTED
-    };
-    once.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut command = Command::new(cargo);
-        command
-            .current_dir(&workspace)
-            .args(["build", "--quiet", "--bins"]);
-        for p in packages {
-            command.args(["-p", p]);
+    static BUILT: Mutex<Vec<&'static [&'static str]>> = Mutex::new(Vec::new());
+    {
+        // Held while building: cargo would serialize concurrent builds anyway.
+        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        if !built.contains(&packages) {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let mut command = Command::new(cargo);
+            command
+                .current_dir(&workspace)
+                .args(["build", "--quiet", "--bins"]);
+            for p in packages {
+                command.args(["-p", p]);
+            }
+            let status = command
+                .status()
+                .expect("running cargo build for the binaries");
+            assert!(status.success(), "building {packages:?} failed");
+            built.push(packages);
         }
-        let status = command
-            .status()
-            .expect("running cargo build for the server binaries");
-        assert!(status.success(), "building the server binaries failed");
-    });
-    // This test binary is target/<profile>/deps/<name>; the server binaries are one up.
+    }
+    // This test binary is target/<profile>/deps/<name>; the other binaries are one up.
     let exe = std::env::current_exe().expect("test binary path");
     exe.parent()
         .and_then(|deps| deps.parent())
         .expect("target directory")
         .to_path_buf()
+}
+
+/// The load generator, built like the servers.
+pub fn bench_bin() -> PathBuf {
+    bin_dir(&["ns-bench"]).join("ns-bench")
 }
 
 const DISTRIBUTED_BINS: &[&str] = &["ns-as", "ns-msg-monitor", "ns-ua-ws", "ns-ua-udp"];
