@@ -7,7 +7,8 @@
 //! a prefix of memory, and nothing returned `Ok` is lost by a crash. At open, the indexes
 //! are rebuilt from the tables.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -21,6 +22,8 @@ use crate::model::{
     App, Delivery, DeliveryStatus, Interface, Notification, StatusReport, UaId, UaRoute,
 };
 
+/// Notifications the purge looks at while holding the lock once.
+const PURGE_CHUNK: usize = 1_000;
 /// Writes committed in one transaction at most.
 const MAX_GROUP: usize = 4096;
 
@@ -101,16 +104,54 @@ struct Mem {
     uas: HashMap<UaId, UaRecord>,
     apps: HashMap<String, Option<String>>,
     registrations: HashMap<String, BTreeSet<UaId>>,
-    notifications: HashMap<String, NotificationRecord>,
+    /// By message id: UUIDv7, so in creation order, and a purge can walk it in chunks.
+    notifications: BTreeMap<String, NotificationRecord>,
     /// (app_token, AS id) → message ids, oldest first.
     by_app_id: HashMap<(String, String), Vec<(i64, String)>>,
-    deliveries: HashMap<String, HashMap<UaId, DeliveryRecord>>,
+    deliveries: BTreeMap<String, HashMap<UaId, DeliveryRecord>>,
     /// Per UA, its pending or sent deliveries by (created_at, message_id).
     outstanding: HashMap<UaId, BTreeSet<(i64, String)>>,
     unrouted: BTreeSet<(i64, String)>,
 }
 
 impl Mem {
+    /// Removes what the purge removes of one notification: its acked deliveries past their
+    /// retention, then the notification itself if it expired or has no delivery left to
+    /// report. Returns how many records went.
+    fn purge_one(
+        &mut self,
+        message_id: &str,
+        now: i64,
+        acked_before: i64,
+        ops: &mut Vec<Op>,
+    ) -> u64 {
+        let mut removed = 0;
+        if let Some(deliveries) = self.deliveries.get_mut(message_id) {
+            deliveries.retain(|ua, r| {
+                let old = r.status == DeliveryStatus::Acked && r.at < acked_before;
+                if old {
+                    ops.push(Op::Delete(Table::Deliveries, pair(message_id, &ua.0)));
+                    removed += 1;
+                }
+                !old
+            });
+        }
+        let gone = self.notifications.get(message_id).is_some_and(|r| {
+            let n = &r.notification;
+            n.is_expired(now)
+                || n.ttl == 0
+                || (r.routed
+                    && self
+                        .deliveries
+                        .get(message_id)
+                        .is_none_or(HashMap::is_empty))
+        });
+        if gone {
+            removed += self.remove_notification(message_id, ops);
+        }
+        removed
+    }
+
     fn index_notification(&mut self, record: &NotificationRecord) {
         let n = &record.notification;
         let key = (n.created_at, n.message_id.clone());
@@ -688,49 +729,38 @@ impl Store for EmbeddedStore {
     }
 
     async fn purge(&self, now: i64, acked_before: i64) -> StoreResult<u64> {
-        let (removed, ops) = {
-            let mut mem = self.mem();
-            let mut ops = Vec::new();
-            let mut removed = 0;
-            // Acked deliveries past their retention.
-            let mut old_acks = Vec::new();
-            for (message_id, deliveries) in &mem.deliveries {
-                for (ua, r) in deliveries {
-                    if r.status == DeliveryStatus::Acked && r.at < acked_before {
-                        old_acks.push((message_id.clone(), ua.clone()));
-                    }
+        // In chunks, letting go of the lock in between: a purge must not stall deliveries
+        // for as long as a walk over every notification takes.
+        let mut removed = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let (ops, last) = {
+                let mut mem = self.mem();
+                let from = match &after {
+                    Some(id) => Bound::Excluded(id.as_str()),
+                    None => Bound::Unbounded,
+                };
+                let chunk: Vec<String> = mem
+                    .notifications
+                    .range::<str, _>((from, Bound::Unbounded))
+                    .take(PURGE_CHUNK)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let mut ops = Vec::new();
+                for message_id in &chunk {
+                    removed += mem.purge_one(message_id, now, acked_before, &mut ops);
                 }
+                (ops, chunk.last().cloned())
+            };
+            if !ops.is_empty() {
+                self.commit(ops).await?;
             }
-            for (message_id, ua) in old_acks {
-                if let Some(d) = mem.deliveries.get_mut(&message_id) {
-                    d.remove(&ua);
-                    ops.push(Op::Delete(Table::Deliveries, pair(&message_id, &ua.0)));
-                    removed += 1;
-                }
+            match last {
+                Some(id) => after = Some(id),
+                None => return Ok(removed),
             }
-            // Expired notifications, and routed ones with no delivery left to report.
-            let gone: Vec<String> = mem
-                .notifications
-                .values()
-                .filter(|r| {
-                    let n = &r.notification;
-                    n.is_expired(now)
-                        || n.ttl == 0
-                        || (r.routed
-                            && mem
-                                .deliveries
-                                .get(&n.message_id)
-                                .is_none_or(HashMap::is_empty))
-                })
-                .map(|r| r.notification.message_id.clone())
-                .collect();
-            for message_id in gone {
-                removed += mem.remove_notification(&message_id, &mut ops);
-            }
-            (removed, ops)
-        };
-        self.commit(ops).await?;
-        Ok(removed)
+            tokio::task::yield_now().await;
+        }
     }
 }
 
