@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole distributed push server on this machine, in the foreground:
 # RabbitMQ and the MongoDB-wire server (scripts/services.sh), ns-msg-monitor, ns-as,
-# two ns-ua-ws front ends and ns-ua-udp, all sharing one secret.
+# ns-ua-ws front ends (two by default) and ns-ua-udp, all sharing one secret.
 #
 # Usage: scripts/run-cluster.sh      (Ctrl-C or SIGTERM stops everything it started)
 #   NS_SECRET            shared secret (default: a random one for this run)
 #   NS_CLUSTER_LOG_DIR   where each binary logs (default ./cluster-logs)
+#   NS_WS_INSTANCES      how many ns-ua-ws (default 2), on ports 8080, 9080, 10080, ...
 #   NS_MONGO_URL, NS_MONGO_DB, NS_AMQP_URL, NS_AMQP_PREFIX, NS_NOTIFY_BASE_URL, NS_LOG_JSON,
 #   RUST_LOG             passed on to every binary (see each binary's --help)
 # If one binary exits, the script says which one and stops the others.
@@ -68,18 +69,22 @@ start() {
 }
 start monitor ns-msg-monitor --listen 0.0.0.0:8083
 start as ns-as --listen 0.0.0.0:8081
-start ws1 ns-ua-ws --listen 0.0.0.0:8080 --server-id ws1
-start ws2 ns-ua-ws --listen 0.0.0.0:9080 --server-id ws2
+WS_URLS=""
+for ((i = 1; i <= ${NS_WS_INSTANCES:-2}; i++)); do
+    port=$((7080 + 1000 * i))
+    start "ws$i" ns-ua-ws --listen "0.0.0.0:$port" --server-id "ws$i"
+    WS_URLS+="  ws://localhost:$port/"
+done
 start udp ns-ua-udp --listen 0.0.0.0:8082
 
 cat <<EOF
 cluster: logs in $LOG_DIR/
 cluster: endpoints
-  WebSocket (subprotocol push-notification)  ws://localhost:8080/   ws://localhost:9080/
+  WebSocket (subprotocol push-notification)$WS_URLS
   get a token                                GET  http://localhost:8080/token
   notify an application                      POST http://localhost:8081/notify/{appToken}
   pull notifications (UDP wake-up clients)   http://localhost:8082/pull
-  health and metrics                         http://localhost:{8080,8081,8082,8083,9080}/health and /metrics
+  health and metrics                         /health and /metrics on 8081, 8082, 8083 and every WebSocket port
 cluster: running; Ctrl-C to stop
 EOF
 

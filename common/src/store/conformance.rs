@@ -373,6 +373,13 @@ pub async fn insert_notification_replaces_older(store: &dyn Store) {
         .await
         .expect("add_deliveries"));
 
+    // Nor one with the same AS id in another app.
+    let elsewhere = notification(&uid(), &id, 3600, now, created);
+    store
+        .insert_notification(&elsewhere)
+        .await
+        .expect("insert_notification");
+
     // The newer one is short-lived so that a purge can remove it and let `status` show the
     // older one again.
     let new = notification(&app, &id, 10, now, created + 1);
@@ -380,6 +387,13 @@ pub async fn insert_notification_replaces_older(store: &dyn Store) {
         .insert_notification(&new)
         .await
         .expect("insert_notification");
+    assert!(
+        store
+            .add_deliveries(&elsewhere, &[new_ua()])
+            .await
+            .expect("add_deliveries"),
+        "the same AS id in another app is another notification"
+    );
 
     let routed = store
         .add_deliveries(&old, std::slice::from_ref(&d))

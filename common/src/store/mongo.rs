@@ -107,6 +107,10 @@ struct NotificationDoc {
     message_id: String,
     app_token: String,
     id: String,
+    /// `app_token/id` in one field: the replacing of a whole batch is then one `$in` query
+    /// on one index, whatever apps the batch holds.
+    #[serde(default)]
+    app_id: String,
     message: String,
     ttl: i64,
     timestamp: i64,
@@ -131,12 +135,17 @@ struct DeliveryDoc {
     expire_at: DateTime,
 }
 
+/// The key of a notification's app and AS id (an appToken holds no `/`).
+fn app_id(app_token: &str, id: &str) -> String {
+    format!("{app_token}/{id}")
+}
+
 /// The identity and age of a notification, all that replacing needs.
 #[derive(Debug, Deserialize)]
 struct NotificationKey {
     #[serde(rename = "_id")]
     message_id: String,
-    id: String,
+    app_id: String,
     created_at: i64,
     replaced: bool,
 }
@@ -257,8 +266,10 @@ impl Collections {
             .await?;
         self.notifications
             .create_indexes([
-                // `status` and the replacing in `insert_notification`.
+                // `status`.
                 index(doc! { "app_token": 1, "id": 1, "created_at": 1 }),
+                // The replacing in `insert_notifications`.
+                index(doc! { "app_id": 1 }),
                 // `unrouted`.
                 index(doc! { "routed": 1, "created_at": 1 }),
                 // Expiry by the server, and the expired ones `purge` looks for.
@@ -371,45 +382,37 @@ impl Collections {
             Err(e) => failed_inserts(e)?,
         };
 
-        let mut ids_by_app: HashMap<&str, HashSet<&str>> = HashMap::new();
-        for (k, n) in ns.iter().enumerate() {
-            if !failed.contains_key(&k) {
-                ids_by_app
-                    .entry(n.app_token.as_str())
-                    .or_default()
-                    .insert(n.id.as_str());
-            }
-        }
+        let keys: Vec<String> = ns
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| !failed.contains_key(k))
+            .map(|(_, n)| app_id(&n.app_token, &n.id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let mut replaced = Vec::new();
-        for (app_token, ids) in ids_by_app {
-            let ids: Vec<&str> = ids.into_iter().collect();
-            for chunk in ids.chunks(IN_CHUNK) {
-                // An equality on `app_token` and an `$in` on `id` walk the {app_token, id,
-                // created_at} index. With `replaced` in the filter as well, a server with a
-                // simple planner (SecantusDB) would walk every notification of the app instead,
-                // so the replaced ones are skipped here.
-                let same: Vec<NotificationKey> = self
-                    .notifications
-                    .clone_with_type::<NotificationKey>()
-                    .find(doc! { "app_token": app_token, "id": { "$in": chunk } })
-                    .projection(doc! { "_id": 1, "id": 1, "created_at": 1, "replaced": 1 })
-                    .await?
-                    .try_collect()
-                    .await?;
-                let mut by_id: HashMap<String, Vec<NotificationKey>> = HashMap::new();
-                for k in same.into_iter().filter(|k| !k.replaced) {
-                    by_id.entry(k.id.clone()).or_default().push(k);
-                }
-                for mut keys in by_id.into_values() {
-                    // Newest first; ties on `created_at` are broken by the message id, a UUIDv7
-                    // that sorts by time. Everything after the newest is replaced, which also
-                    // covers a notification that arrives after a newer one with the same ids
-                    // (broker messages can come out of order).
-                    keys.sort_by(|a, b| {
-                        (b.created_at, &b.message_id).cmp(&(a.created_at, &a.message_id))
-                    });
-                    replaced.extend(keys.into_iter().skip(1).map(|k| k.message_id));
-                }
+        for chunk in keys.chunks(IN_CHUNK) {
+            let same: Vec<NotificationKey> = self
+                .notifications
+                .clone_with_type::<NotificationKey>()
+                .find(doc! { "app_id": { "$in": chunk } })
+                .projection(doc! { "_id": 1, "app_id": 1, "created_at": 1, "replaced": 1 })
+                .await?
+                .try_collect()
+                .await?;
+            let mut by_id: HashMap<String, Vec<NotificationKey>> = HashMap::new();
+            for k in same.into_iter().filter(|k| !k.replaced) {
+                by_id.entry(k.app_id.clone()).or_default().push(k);
+            }
+            for mut keys in by_id.into_values() {
+                // Newest first; ties on `created_at` are broken by the message id, a UUIDv7
+                // that sorts by time. Everything after the newest is replaced, which also
+                // covers a notification that arrives after a newer one with the same ids
+                // (broker messages can come out of order).
+                keys.sort_by(|a, b| {
+                    (b.created_at, &b.message_id).cmp(&(a.created_at, &a.message_id))
+                });
+                replaced.extend(keys.into_iter().skip(1).map(|k| k.message_id));
             }
         }
         if !replaced.is_empty() {
@@ -645,6 +648,7 @@ impl NotificationDoc {
             message_id: n.message_id.clone(),
             app_token: n.app_token.clone(),
             id: n.id.clone(),
+            app_id: app_id(&n.app_token, &n.id),
             message: n.message.clone(),
             ttl: i64::from(n.ttl),
             timestamp: n.timestamp,
