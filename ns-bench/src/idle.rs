@@ -192,8 +192,7 @@ async fn split(
     watch: &Watch,
 ) -> anyhow::Result<Held> {
     // One loopback source address per worker: its ephemeral ports are all its own.
-    let on_loopback = !target.source_addrs(2).is_empty() || target.sources.is_some();
-    if !on_loopback {
+    if !target.on_loopback() {
         bail!(
             "{} connections need several processes here (open-file limit); \
              that needs the server on loopback",

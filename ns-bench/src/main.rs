@@ -148,13 +148,17 @@ impl Target {
         &self.ws[i % self.ws.len()]
     }
 
+    /// Whether every front-end is on this machine's loopback.
+    pub(crate) fn on_loopback(&self) -> bool {
+        self.ws
+            .iter()
+            .all(|u| u.contains("://127.") || u.contains("://localhost"))
+    }
+
     /// Source addresses for `connections` client sockets: none (the kernel picks) unless
     /// the server is on loopback and either asked for or needed past one address's ports.
     pub(crate) fn source_addrs(&self, connections: usize) -> Vec<IpAddr> {
-        let loopback = self
-            .ws
-            .iter()
-            .all(|u| u.contains("://127.") || u.contains("://localhost"));
+        let loopback = self.on_loopback();
         let wanted = match self.sources {
             Some(n) => n as usize,
             // About 28k ephemeral ports per source address by default; leave headroom.

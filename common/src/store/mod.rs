@@ -62,6 +62,13 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the database does; drives `/health`.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// How long a batching writer may wait for more writes before writing a small batch.
+    /// Worth it where each command costs far more than each document in it (a database
+    /// over the network); zero where a batch costs little whatever its size.
+    fn batch_linger(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     // --- UAs ---
 
     /// Records that `route.ua` is now connected as `route` (node and conn set) or only

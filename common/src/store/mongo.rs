@@ -39,13 +39,21 @@ const ACKED_KEEP_SECS: i64 = 3600;
 const IN_CHUNK: usize = 100;
 
 /// The most notification writes (inserts and routings) grouped into one batch.
-const WRITE_BATCH: usize = 100;
+const WRITE_BATCH: usize = 512;
+
+/// How long a writer waits for more writes when it has fewer than a full batch. The database
+/// spends far more on each command than on each document in it, so at a moderate rate a
+/// few milliseconds of gathering cut its work several times over; under load batches fill
+/// at once and nothing waits.
+const WRITE_LINGER: Duration = Duration::from_millis(4);
 
 /// How many notification writes may wait for the writer before callers are held back.
 const WRITE_QUEUE: usize = 4096;
 
 /// The server's code for a duplicate key.
 const DUPLICATE_KEY: i32 = 11000;
+/// The server's error code for dropping an index that is not there.
+const INDEX_NOT_FOUND: i32 = 27;
 
 const PENDING: &str = "pending";
 const SENT: &str = "sent";
@@ -150,6 +158,15 @@ struct NotificationKey {
     replaced: bool,
 }
 
+/// Whether a notification has been replaced, all that routing needs to settle it.
+#[derive(Debug, Deserialize)]
+struct Liveness {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(default)]
+    replaced: bool,
+}
+
 #[derive(Debug, Deserialize)]
 struct IdOnly {
     #[serde(rename = "_id")]
@@ -231,26 +248,34 @@ impl MongoStore {
 
 /// Takes the waiting notification writes a batch at a time and writes each batch with a few
 /// commands. While a batch is being written the next one gathers, so batches grow with the load
-/// and a lone write goes out at once.
+/// and a lone write goes out at once. One batch at a time: several at once would each be
+/// smaller, and small batches cost the database more per notification.
 async fn write_loop(c: Collections, mut requests: mpsc::Receiver<WriteRequest>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while requests.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let (writes, waiters): (Vec<Write>, Vec<_>) =
-            batch.drain(..).map(|r| (r.write, r.done)).unzip();
-        let results = c.apply(&writes).await;
-        let failures = results.iter().filter(|r| r.is_err()).count();
-        if failures > 0 {
-            tracing::warn!(
-                failures,
-                writes = writes.len(),
-                "notification writes failed"
-            );
-        }
-        for (waiter, result) in waiters.into_iter().zip(results) {
-            // A caller that stopped waiting doesn't need the answer: its write is done or
-            // failed either way.
-            let _ = waiter.send(result.map_err(db_err));
-        }
+        crate::batch::linger(&mut requests, &mut batch, WRITE_BATCH, WRITE_LINGER).await;
+        let writes = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
+        write_batch(&c, writes).await;
+    }
+}
+
+/// Writes one batch and answers each of its callers.
+async fn write_batch(c: &Collections, batch: Vec<WriteRequest>) {
+    let (writes, waiters): (Vec<Write>, Vec<_>) =
+        batch.into_iter().map(|r| (r.write, r.done)).unzip();
+    let results = c.apply(&writes).await;
+    let failures = results.iter().filter(|r| r.is_err()).count();
+    if failures > 0 {
+        tracing::warn!(
+            failures,
+            writes = writes.len(),
+            "notification writes failed"
+        );
+    }
+    for (waiter, result) in waiters.into_iter().zip(results) {
+        // A caller that stopped waiting doesn't need the answer: its write is done or
+        // failed either way.
+        let _ = waiter.send(result.map_err(db_err));
     }
 }
 
@@ -266,10 +291,8 @@ impl Collections {
             .await?;
         self.notifications
             .create_indexes([
-                // `status`.
-                index(doc! { "app_token": 1, "id": 1, "created_at": 1 }),
-                // The replacing in `insert_notifications`.
-                index(doc! { "app_id": 1 }),
+                // The replacing in `insert_notifications`, and `status` (the newest).
+                index(doc! { "app_id": 1, "created_at": 1 }),
                 // `unrouted`.
                 index(doc! { "routed": 1, "created_at": 1 }),
                 // Expiry by the server, and the expired ones `purge` looks for.
@@ -279,6 +302,19 @@ impl Collections {
                     .build(),
             ])
             .await?;
+        // Indexes of earlier versions that the one on `app_id` and `created_at` replaced: each
+        // one costs every insert an index write.
+        let names = self.notifications.list_index_names().await?;
+        for obsolete in ["app_token_1_id_1_created_at_1", "app_id_1"] {
+            if names.iter().any(|n| n == obsolete) {
+                match self.notifications.drop_index(obsolete).await {
+                    // Another instance starting at the same time dropped it first.
+                    Err(e) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == INDEX_NOT_FOUND) =>
+                        {}
+                    other => other?,
+                }
+            }
+        }
         self.deliveries
             .create_indexes([
                 // `outstanding`.
@@ -426,39 +462,22 @@ impl Collections {
     /// or why its deliveries could not be stored.
     ///
     /// Routed is marked last, so that a crash in between leaves the notification to the
-    /// recovery of unrouted ones rather than half routed for good. Replacing can't slip in
-    /// between the check and the inserts, because the same task does both.
+    /// recovery of unrouted ones rather than half routed for good. Whether a notification is
+    /// still there and not replaced is learnt from that marking, which only matches live ones,
+    /// rather than asked first: almost every notification is live, and asking would cost a
+    /// read per notification. The rare others are then looked up, and the deliveries just
+    /// made for them removed. This also covers a notification replaced while it is being
+    /// routed: its pending deliveries can only have been made after the replacing, which
+    /// marked the ones before it replaced.
     async fn route_notifications(
         &self,
         routes: &[(&Notification, &[UaId])],
     ) -> mongodb::error::Result<Vec<mongodb::error::Result<bool>>> {
-        let ids: Vec<&str> = routes
-            .iter()
-            .map(|(n, _)| n.message_id.as_str())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut live = HashSet::new();
-        for chunk in ids.chunks(IN_CHUNK) {
-            let found: Vec<IdOnly> = self
-                .notifications
-                .clone_with_type::<IdOnly>()
-                .find(doc! { "_id": { "$in": chunk }, "replaced": false })
-                .projection(doc! { "_id": 1 })
-                .await?
-                .try_collect()
-                .await?;
-            live.extend(found.into_iter().map(|d| d.id));
-        }
-
         let at = crate::now_secs();
         let mut docs = Vec::new();
         // For each delivery document, the position of its routing.
         let mut owners = Vec::new();
         for (k, (n, uas)) in routes.iter().enumerate() {
-            if !live.contains(&n.message_id) {
-                continue;
-            }
             for ua in *uas {
                 owners.push(k);
                 docs.push(DeliveryDoc {
@@ -472,10 +491,7 @@ impl Collections {
                 });
             }
         }
-        let mut outcomes: Vec<mongodb::error::Result<bool>> = routes
-            .iter()
-            .map(|(n, _)| Ok(live.contains(&n.message_id)))
-            .collect();
+        let mut outcomes: Vec<mongodb::error::Result<bool>> = vec![Ok(true); routes.len()];
         if !docs.is_empty() {
             // Unordered, so that deliveries already there (a message handled twice) only fail
             // themselves, with a duplicate key, and leave them as they are.
@@ -493,22 +509,71 @@ impl Collections {
             }
         }
 
-        let routed: HashSet<&str> = routes
+        let stored: Vec<&str> = routes
             .iter()
             .zip(&outcomes)
-            .filter(|(_, outcome)| matches!(outcome, Ok(true)))
+            .filter(|(_, outcome)| outcome.is_ok())
             .map(|((n, _), _)| n.message_id.as_str())
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
-        let routed: Vec<&str> = routed.into_iter().collect();
-        for chunk in routed.chunks(IN_CHUNK) {
-            self.notifications
+        let mut not_live: HashSet<String> = HashSet::new();
+        for chunk in stored.chunks(IN_CHUNK) {
+            let marked = self
+                .notifications
                 .update_many(
-                    doc! { "_id": { "$in": chunk }, "routed": false },
+                    doc! { "_id": { "$in": chunk }, "routed": false, "replaced": false },
                     doc! { "$set": { "routed": true } },
                 )
                 .await?;
+            if marked.matched_count < chunk.len() as u64 {
+                // Replaced, gone, or routed already (a broker message handled twice).
+                not_live.extend(self.settle_not_live(chunk).await?);
+            }
+        }
+        for ((n, _), outcome) in routes.iter().zip(outcomes.iter_mut()) {
+            if outcome.is_ok() && not_live.contains(&n.message_id) {
+                *outcome = Ok(false);
+            }
         }
         Ok(outcomes)
+    }
+
+    /// Of these notifications, finds the ones replaced or no longer stored, removes the
+    /// deliveries routing just made for them, and returns their ids.
+    async fn settle_not_live(&self, ids: &[&str]) -> mongodb::error::Result<Vec<String>> {
+        let found: HashMap<String, bool> = self
+            .notifications
+            .clone_with_type::<Liveness>()
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1, "replaced": 1 })
+            .await?
+            .try_collect::<Vec<Liveness>>()
+            .await?
+            .into_iter()
+            .map(|k| (k.id, k.replaced))
+            .collect();
+        let mut replaced = Vec::new();
+        let mut gone = Vec::new();
+        for &id in ids {
+            match found.get(id) {
+                Some(true) => replaced.push(id.to_owned()),
+                Some(false) => {}
+                None => gone.push(id.to_owned()),
+            }
+        }
+        for chunk in replaced.chunks(IN_CHUNK) {
+            self.deliveries
+                .delete_many(doc! { "message_id": { "$in": chunk }, "status": PENDING })
+                .await?;
+        }
+        for chunk in gone.chunks(IN_CHUNK) {
+            self.deliveries
+                .delete_many(doc! { "message_id": { "$in": chunk } })
+                .await?;
+        }
+        replaced.extend(gone);
+        Ok(replaced)
     }
 
     /// Removes expired notifications and their deliveries, a bounded batch at a time.
@@ -680,6 +745,10 @@ impl NotificationDoc {
 
 #[async_trait]
 impl Store for MongoStore {
+    fn batch_linger(&self) -> Duration {
+        WRITE_LINGER
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.c
             .db
@@ -961,7 +1030,7 @@ impl Store for MongoStore {
         let Some(n) = self
             .c
             .notifications
-            .find_one(doc! { "app_token": app_token, "id": id })
+            .find_one(doc! { "app_id": app_id(app_token, id) })
             .sort(doc! { "created_at": -1, "_id": -1 })
             .await
             .map_err(db_err)?
