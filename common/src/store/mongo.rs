@@ -254,28 +254,22 @@ async fn write_loop(c: Collections, mut requests: mpsc::Receiver<WriteRequest>) 
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while requests.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         crate::batch::linger(&mut requests, &mut batch, WRITE_BATCH, WRITE_LINGER).await;
-        let writes = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
-        write_batch(&c, writes).await;
-    }
-}
-
-/// Writes one batch and answers each of its callers.
-async fn write_batch(c: &Collections, batch: Vec<WriteRequest>) {
-    let (writes, waiters): (Vec<Write>, Vec<_>) =
-        batch.into_iter().map(|r| (r.write, r.done)).unzip();
-    let results = c.apply(&writes).await;
-    let failures = results.iter().filter(|r| r.is_err()).count();
-    if failures > 0 {
-        tracing::warn!(
-            failures,
-            writes = writes.len(),
-            "notification writes failed"
-        );
-    }
-    for (waiter, result) in waiters.into_iter().zip(results) {
-        // A caller that stopped waiting doesn't need the answer: its write is done or
-        // failed either way.
-        let _ = waiter.send(result.map_err(db_err));
+        let (writes, waiters): (Vec<Write>, Vec<_>) =
+            batch.drain(..).map(|r| (r.write, r.done)).unzip();
+        let results = c.apply(&writes).await;
+        let failures = results.iter().filter(|r| r.is_err()).count();
+        if failures > 0 {
+            tracing::warn!(
+                failures,
+                writes = writes.len(),
+                "notification writes failed"
+            );
+        }
+        for (waiter, result) in waiters.into_iter().zip(results) {
+            // A caller that stopped waiting doesn't need the answer: its write is done or
+            // failed either way.
+            let _ = waiter.send(result.map_err(db_err));
+        }
     }
 }
 
@@ -539,8 +533,8 @@ impl Collections {
         Ok(outcomes)
     }
 
-    /// Of these notifications, finds the ones replaced or no longer stored, removes the
-    /// deliveries routing just made for them, and returns their ids.
+    /// Of these notifications (at most `IN_CHUNK`), finds the ones replaced or no longer
+    /// stored, removes the deliveries routing just made for them, and returns their ids.
     async fn settle_not_live(&self, ids: &[&str]) -> mongodb::error::Result<Vec<String>> {
         let found: HashMap<String, bool> = self
             .notifications
@@ -562,14 +556,14 @@ impl Collections {
                 None => gone.push(id.to_owned()),
             }
         }
-        for chunk in replaced.chunks(IN_CHUNK) {
+        if !replaced.is_empty() {
             self.deliveries
-                .delete_many(doc! { "message_id": { "$in": chunk }, "status": PENDING })
+                .delete_many(doc! { "message_id": { "$in": &replaced }, "status": PENDING })
                 .await?;
         }
-        for chunk in gone.chunks(IN_CHUNK) {
+        if !gone.is_empty() {
             self.deliveries
-                .delete_many(doc! { "message_id": { "$in": chunk } })
+                .delete_many(doc! { "message_id": { "$in": &gone } })
                 .await?;
         }
         replaced.extend(gone);
