@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use subtle::ConstantTimeEq;
 
-use crate::model::UaId;
+use crate::model::{AppToken, UaId};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -103,7 +103,7 @@ pub fn verify_uatoken(secret: &Secret, token: &str) -> Option<UaId> {
 /// The internal id of a UA, derived from its token so the token need not be stored.
 pub fn ua_id(token: &str) -> UaId {
     let digest = Sha256::digest(token.as_bytes());
-    UaId(hex::encode(&digest[..16]))
+    UaId::new(hex::encode(&digest[..16]))
 }
 
 /// A WA's public key, decoded from `pbkbase64` and checked to be an RSA key.
@@ -163,7 +163,7 @@ impl PublicKey {
 
 /// The appToken of a WA registration: an HMAC of the watoken and key under the secret,
 /// so it is the same for every UA that registers them and unguessable without the secret.
-pub fn app_token(secret: &Secret, watoken: &str, pbk: Option<&PublicKey>) -> String {
+pub fn app_token(secret: &Secret, watoken: &str, pbk: Option<&PublicKey>) -> AppToken {
     let mut mac = secret.mac(b"apptoken\0");
     mac.update(&(watoken.len() as u64).to_be_bytes());
     mac.update(watoken.as_bytes());
@@ -171,7 +171,7 @@ pub fn app_token(secret: &Secret, watoken: &str, pbk: Option<&PublicKey>) -> Str
         mac.update(b"\0pbk\0");
         mac.update(key.pem().as_bytes());
     }
-    URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    AppToken::new(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
 }
 
 /// An appToken has the shape `app_token` produces: 43 URL-safe base64 characters.
@@ -223,15 +223,15 @@ mod tests {
     fn ua_id_hides_the_token() {
         let token = new_uatoken(&secret());
         let id = ua_id(&token);
-        assert_eq!(id.0.len(), 32);
-        assert!(!token.contains(&id.0));
+        assert_eq!(id.as_str().len(), 32);
+        assert!(!token.contains(id.as_str()));
     }
 
     #[test]
     fn app_token_is_deterministic_and_keyed() {
         let a = app_token(&secret(), "wa1", None);
         assert_eq!(a, app_token(&secret(), "wa1", None));
-        assert!(looks_like_app_token(&a));
+        assert!(looks_like_app_token(a.as_str()));
         assert_ne!(a, app_token(&secret(), "wa2", None));
         assert_ne!(a, app_token(&Secret::new("other"), "wa1", None));
         let (_, key) = keypair();

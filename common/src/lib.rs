@@ -1,36 +1,17 @@
-//! The shared core of the push server: the model, the crypto, the pure decisions, the
-//! configuration pieces and the two I/O seams ([`store::Store`] and [`broker::Broker`]).
+//! The pure core of the push server: the model with its typed ids and times, the domain
+//! rules (delivery-state transitions, supersession, status reports, the purge policy, the
+//! routing plan), validation and protocol codes, crypto, and the messages the services
+//! exchange over the broker.
 //!
-//! Nothing here knows about HTTP or WebSockets: the status mapping of errors lives at each
-//! HTTP edge.
+//! No I/O, no async runtime, no clock, no HTTP: callers pass the time in, and each HTTP edge
+//! maps protocol codes to statuses. A rule lives here once; each store only translates it
+//! into its storage.
 
-pub mod batch;
-pub mod bootstrap;
-pub mod broker;
-pub mod config;
 pub mod crypto;
+pub mod delivery;
 pub mod messages;
-pub mod metrics;
 pub mod model;
-pub mod retry;
+pub mod notification;
+pub mod purge;
 pub mod routing;
-pub mod shutdown;
-pub mod store;
-pub mod telemetry;
 pub mod validate;
-
-/// Seconds since the Unix epoch, the time unit of the protocol.
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch, used to order notifications.
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}

@@ -6,12 +6,36 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Interface, Notification, UaId};
+use crate::model::{AppToken, ConnId, Interface, NodeId, UaId};
+use crate::notification::Notification;
 
-/// On `newMessages`: a notification accepted by ns-as.
+/// The durable queue ns-as publishes new notifications on, and front-ends hand back the ones
+/// whose UA has left them.
+pub const NEW_MESSAGES: &str = "newMessages";
+/// The durable queue shared by the ns-ua-udp instances.
+pub const UDP_WAKEUPS: &str = "udpWakeups";
+
+/// The queue of one ns-ua-ws instance.
+pub fn front_end_queue(node: &NodeId) -> String {
+    format!("ws.{node}")
+}
+
+/// On `newMessages`: a notification to route.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewMessage {
     pub notification: Notification,
+    /// Set when a front-end hands the notification back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reroute: Option<Reroute>,
+}
+
+/// A notification a front-end could not deliver because these UAs are no longer connected
+/// to it: route it again to them alone (their deliveries exist already), from fresh routes,
+/// with `away_from` known not to hold them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reroute {
+    pub uas: Vec<UaId>,
+    pub away_from: NodeId,
 }
 
 /// On a front-end's own queue.
@@ -24,7 +48,7 @@ pub enum FrontEndMessage {
         targets: Vec<UaId>,
     },
     /// The UA registered on another connection: close `conn` if it is still here.
-    Takeover { ua: UaId, conn: String },
+    Takeover { ua: UaId, conn: ConnId },
 }
 
 /// On `udpWakeups`: wake this UA.
@@ -40,17 +64,54 @@ pub struct WakeUp {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RouteEvent {
     /// The set of UAs registered for this app changed.
-    App { app_token: String },
+    App { app_token: AppToken },
     /// This UA connected, disconnected or changed its interface.
     Ua { ua: UaId },
 }
 
-/// Serializes a broker message. The types above always serialize.
-pub fn encode<T: Serialize>(message: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(message).unwrap_or_default())
+/// Serializes a broker message.
+pub fn encode<T: Serialize>(message: &T) -> Result<Bytes, serde_json::Error> {
+    serde_json::to_vec(message).map(Bytes::from)
 }
 
 /// Reads a broker message; a malformed one is reported and dropped by the caller.
 pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, serde_json::Error> {
     serde_json::from_slice(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EpochMillis, EpochSecs, MessageId};
+
+    #[test]
+    fn a_new_message_reads_back_with_and_without_a_reroute() {
+        let notification = Notification {
+            message_id: MessageId::new("m"),
+            app_token: AppToken::new("t"),
+            id: "a".into(),
+            message: "x".into(),
+            ttl: 10,
+            timestamp: EpochSecs(1),
+            expires_at: EpochSecs(11),
+            priority: 4,
+            created_at: EpochMillis(1_000),
+        };
+        let plain = NewMessage {
+            notification: notification.clone(),
+            reroute: None,
+        };
+        let bytes = encode(&plain).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("reroute"));
+        assert_eq!(decode::<NewMessage>(&bytes).unwrap(), plain);
+        let back = NewMessage {
+            notification,
+            reroute: Some(Reroute {
+                uas: vec![UaId::new("u")],
+                away_from: NodeId::new("n"),
+            }),
+        };
+        assert_eq!(decode::<NewMessage>(&encode(&back).unwrap()).unwrap(), back);
+        assert_eq!(front_end_queue(&NodeId::new("n")), "ws.n");
+    }
 }

@@ -1,20 +1,134 @@
-//! The protocol's data model: pure types with serde, no I/O.
+//! The identities and times of the protocol, and the records that say where a UA is and
+//! which apps exist. Pure types with serde, no I/O.
+//!
+//! Every id is its own type so that a message id can't be passed where an appToken is
+//! wanted; each serializes as the bare string, so stored records and broker messages keep
+//! the shape they would have with plain strings.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::fmt;
 use std::net::IpAddr;
 
-/// Internal identity of a UA: the hex of the first 16 bytes of SHA-256(uatoken).
-///
-/// It is what the stores keep and what the status endpoint shows as `device`, so the
-/// uatoken itself (a bearer credential) is never stored nor shown.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct UaId(pub String);
+/// Declares a string id type: transparent in serde, shown as the bare string, borrowable as
+/// `str` so maps keyed by it can be searched with a `&str`.
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
 
-impl fmt::Display for UaId {
+        impl $name {
+            pub fn new(id: impl Into<String>) -> Self {
+                $name(id.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(id: String) -> Self {
+                $name(id)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(id: &str) -> Self {
+                $name(id.to_owned())
+            }
+        }
+    };
+}
+
+string_id!(
+    /// Internal identity of a UA: the hex of the first 16 bytes of SHA-256(uatoken).
+    ///
+    /// It is what the stores keep and what the status endpoint shows as `device`, so the
+    /// uatoken itself (a bearer credential) is never stored nor shown.
+    UaId
+);
+
+string_id!(
+    /// The server's id of one notification: a UUIDv7 in simple form, so it sorts by
+    /// creation time.
+    MessageId
+);
+
+string_id!(
+    /// The last segment of a notify URL: names an app (a watoken, and the WA's key if it
+    /// registered one) without revealing it.
+    AppToken
+);
+
+string_id!(
+    /// The id of one ns-ua-ws instance in the cluster; names its broker queue.
+    NodeId
+);
+
+string_id!(
+    /// The id of one WebSocket connection, so that the close of an older connection can't
+    /// clear the route of a newer one.
+    ConnId
+);
+
+/// A time in whole seconds since the Unix epoch, the time unit of the protocol.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct EpochSecs(pub i64);
+
+impl EpochSecs {
+    /// `secs` later (earlier when negative), saturating instead of overflowing.
+    pub fn plus(self, secs: i64) -> EpochSecs {
+        EpochSecs(self.0.saturating_add(secs))
+    }
+
+    pub fn as_i64(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for EpochSecs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        self.0.fmt(f)
+    }
+}
+
+/// A time in milliseconds since the Unix epoch: orders notifications by acceptance.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct EpochMillis(pub i64);
+
+impl EpochMillis {
+    pub fn as_i64(self) -> i64 {
+        self.0
+    }
+
+    /// The whole second this instant falls in.
+    pub fn secs(self) -> EpochSecs {
+        EpochSecs(self.0.div_euclid(1000))
     }
 }
 
@@ -28,7 +142,7 @@ pub struct Interface {
 /// A registered web application: what ns-as needs to accept a notification for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
-    pub app_token: String,
+    pub app_token: AppToken,
     /// PEM of the WA's RSA public key, when it registered one.
     pub pbk: Option<String>,
 }
@@ -37,126 +151,60 @@ pub struct App {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UaRoute {
     pub ua: UaId,
-    /// Server id of the ns-ua-ws instance holding the UA's live connection, if any.
-    pub node: Option<String>,
-    /// Id of that connection, so a stale disconnect can't clear a newer one.
-    pub conn: Option<String>,
+    /// The front-end holding the UA's live connection, with that connection's id.
+    pub live: Option<Live>,
     pub interface: Option<Interface>,
 }
 
-/// A notification as accepted by ns-as and kept until it expires.
+/// A UA's live connection: which front-end holds it, and which connection it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Notification {
-    /// Server id (a UUIDv7, so it sorts by creation time).
-    pub message_id: String,
-    pub app_token: String,
-    /// The AS's own id.
-    pub id: String,
-    pub message: String,
-    pub ttl: u32,
-    pub timestamp: i64,
-    pub expires_at: i64,
-    pub priority: u8,
-    /// Milliseconds since the epoch at acceptance; orders notifications oldest first.
-    pub created_at: i64,
+pub struct Live {
+    pub node: NodeId,
+    pub conn: ConnId,
 }
 
-impl Notification {
-    /// `ttl: 0` notifications go to the UAs connected right now and are never stored.
-    pub fn is_ephemeral(&self) -> bool {
-        self.ttl == 0
-    }
-
-    pub fn is_expired(&self, now: i64) -> bool {
-        self.ttl != 0 && self.expires_at <= now
-    }
-
-    /// The frame object sent to a UA (§2), with its notify URL.
-    pub fn to_frame(&self, notify_base_url: &str) -> NotificationFrame<'_> {
-        NotificationFrame {
-            message_type: "notification",
-            message_id: &self.message_id,
-            id: &self.id,
-            url: notify_url(notify_base_url, &self.app_token),
-            message: &self.message,
-            ttl: self.ttl,
-            timestamp: self.timestamp,
-            priority: self.priority,
-        }
-    }
-}
-
-/// `{base}/notify/{appToken}`, the URL `register/wa` returns.
-pub fn notify_url(base: &str, app_token: &str) -> String {
-    format!("{}/notify/{}", base.trim_end_matches('/'), app_token)
-}
-
-/// One notification object as UAs receive it (§2).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NotificationFrame<'a> {
-    pub message_type: &'static str,
-    pub message_id: &'a str,
-    pub id: &'a str,
-    pub url: String,
-    pub message: &'a str,
-    pub ttl: u32,
-    pub timestamp: i64,
-    pub priority: u8,
-}
-
-/// The delivery state of one notification for one UA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryStatus {
-    Pending,
-    Sent,
-    Acked,
-    Expired,
-    Replaced,
-}
-
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Sent => "sent",
-            DeliveryStatus::Acked => "acked",
-            DeliveryStatus::Expired => "expired",
-            DeliveryStatus::Replaced => "replaced",
+impl UaRoute {
+    /// A UA connected right now on `node`, as `conn`.
+    pub fn connected(ua: UaId, node: NodeId, conn: ConnId, interface: Option<Interface>) -> Self {
+        UaRoute {
+            ua,
+            live: Some(Live { node, conn }),
+            interface,
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => DeliveryStatus::Pending,
-            "sent" => DeliveryStatus::Sent,
-            "acked" => DeliveryStatus::Acked,
-            "expired" => DeliveryStatus::Expired,
-            "replaced" => DeliveryStatus::Replaced,
-            _ => return None,
-        })
+    /// A UA with no live connection, wakeable at `interface` if it has one.
+    pub fn offline(ua: UaId, interface: Option<Interface>) -> Self {
+        UaRoute {
+            ua,
+            live: None,
+            interface,
+        }
     }
 
-    /// Still owed to the UA: sent again on the next `register/ua` or pull.
-    pub fn is_outstanding(self) -> bool {
-        matches!(self, DeliveryStatus::Pending | DeliveryStatus::Sent)
+    /// The front-end holding the UA, if it is connected.
+    pub fn node(&self) -> Option<&NodeId> {
+        self.live.as_ref().map(|l| &l.node)
     }
 }
 
-/// One row of the status endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    pub device: UaId,
-    pub status: DeliveryStatus,
-    pub at: i64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The answer of `GET /notify/{appToken}/{id}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusReport {
-    pub id: String,
-    pub message_id: String,
-    pub deliveries: Vec<Delivery>,
+    #[test]
+    fn ids_serialize_as_bare_strings() {
+        let id = MessageId::new("abc");
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"abc\"");
+        assert_eq!(serde_json::from_str::<MessageId>("\"abc\"").unwrap(), id);
+        assert_eq!(id.to_string(), "abc");
+    }
+
+    #[test]
+    fn times_saturate_and_convert() {
+        assert_eq!(EpochSecs(i64::MAX).plus(1), EpochSecs(i64::MAX));
+        assert_eq!(EpochSecs(10).plus(-3), EpochSecs(7));
+        assert_eq!(EpochMillis(1_999).secs(), EpochSecs(1));
+        assert_eq!(EpochMillis(-1).secs(), EpochSecs(-1));
+    }
 }

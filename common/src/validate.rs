@@ -3,6 +3,8 @@
 use serde_json::Value;
 use std::borrow::Cow;
 
+use crate::model::EpochSecs;
+
 /// Largest `ttl` accepted: 30 days, also the default.
 pub const MAX_TTL: u32 = 2_592_000;
 /// Longest AS id accepted, in characters.
@@ -67,14 +69,14 @@ pub struct NotifyRequest {
     pub message: String,
     pub signature: Option<String>,
     pub ttl: u32,
-    pub timestamp: i64,
+    pub timestamp: EpochSecs,
     pub priority: u8,
 }
 
 impl NotifyRequest {
     /// When the notification stops being deliverable.
-    pub fn expires_at(&self) -> i64 {
-        self.timestamp.saturating_add(i64::from(self.ttl))
+    pub fn expires_at(&self) -> EpochSecs {
+        self.timestamp.plus(i64::from(self.ttl))
     }
 }
 
@@ -82,7 +84,7 @@ impl NotifyRequest {
 pub fn validate_notify(
     body: &[u8],
     max_message: usize,
-    now: i64,
+    now: EpochSecs,
 ) -> Result<NotifyRequest, ProtocolError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|_| err(Code::BadJson, "body is not valid JSON"))?;
@@ -146,7 +148,7 @@ pub fn validate_notify(
     let timestamp = match obj.get("timestamp") {
         None | Some(Value::Null) => now,
         Some(v) => match integer(v) {
-            Some(t) if t >= 0 => t,
+            Some(t) if t >= 0 => EpochSecs(t),
             _ => {
                 return Err(err(
                     Code::BadField,
@@ -200,7 +202,7 @@ fn integer(v: &Value) -> Option<i64> {
 mod tests {
     use super::*;
 
-    const NOW: i64 = 1_700_000_000;
+    const NOW: EpochSecs = EpochSecs(1_700_000_000);
 
     fn check(body: &str) -> Result<NotifyRequest, Code> {
         validate_notify(body.as_bytes(), 16, NOW).map_err(|e| e.code)
@@ -213,7 +215,7 @@ mod tests {
         assert_eq!(r.timestamp, NOW);
         assert_eq!(r.priority, 4);
         assert_eq!(r.signature, None);
-        assert_eq!(r.expires_at(), NOW + i64::from(MAX_TTL));
+        assert_eq!(r.expires_at(), NOW.plus(i64::from(MAX_TTL)));
     }
 
     #[test]

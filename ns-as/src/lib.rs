@@ -12,13 +12,15 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use clap::Args;
-use common::broker::{Broker, NEW_MESSAGES};
 use common::crypto::PublicKey;
-use common::messages::{encode, NewMessage};
-use common::metrics::{Metric, Registry};
-use common::model::Notification;
-use common::store::Store;
+use common::messages::{NewMessage, NEW_MESSAGES};
+use common::model::{AppToken, MessageId};
+use common::notification::Notification;
 use common::validate::{validate_notify, Code, ProtocolError, DEFAULT_MAX_MESSAGE};
+use ns_broker::Broker;
+use ns_runtime::metrics::{Metric, Registry};
+use ns_runtime::Clock;
+use ns_store::Store;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,9 @@ pub use limiter::RateLimiter;
 /// Most apps whose key is kept in memory; past that the cache starts over.
 const APP_CACHE_LIMIT: usize = 100_000;
 
+const DEFAULT_RATE_LIMIT: u32 = 1000;
+const DEFAULT_RATE_BURST: u32 = 2000;
+
 /// The settings of ns-as.
 #[derive(Args, Clone, Debug)]
 #[group(id = "notify")]
@@ -38,10 +43,10 @@ pub struct Settings {
     #[arg(long, env = "NS_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE)]
     pub max_message_bytes: usize,
     /// Notifications per second accepted for one appToken (sustained); 0 disables the limit.
-    #[arg(long, env = "NS_RATE_LIMIT", default_value_t = 1000)]
+    #[arg(long, env = "NS_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
     pub rate_limit: u32,
     /// Burst of notifications accepted for one appToken above the sustained rate.
-    #[arg(long, env = "NS_RATE_BURST", default_value_t = 2000)]
+    #[arg(long, env = "NS_RATE_BURST", default_value_t = DEFAULT_RATE_BURST)]
     pub rate_burst: u32,
 }
 
@@ -49,9 +54,20 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             max_message_bytes: DEFAULT_MAX_MESSAGE,
-            rate_limit: 1000,
-            rate_burst: 2000,
+            rate_limit: DEFAULT_RATE_LIMIT,
+            rate_burst: DEFAULT_RATE_BURST,
         }
+    }
+}
+
+impl Settings {
+    /// Every problem with these settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.max_message_bytes == 0 {
+            problems.push("--max-message-bytes must be positive".to_owned());
+        }
+        problems
     }
 }
 
@@ -68,6 +84,7 @@ pub struct Deps {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub registry: Registry,
+    pub clock: Clock,
 }
 
 struct Metrics {
@@ -83,7 +100,8 @@ struct State {
     settings: Settings,
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
-    apps: RwLock<HashMap<String, CachedApp>>,
+    clock: Clock,
+    apps: RwLock<HashMap<AppToken, CachedApp>>,
     limiter: RateLimiter,
     metrics: Metrics,
 }
@@ -118,6 +136,7 @@ pub fn routes(
         settings,
         store: deps.store.clone(),
         broker: deps.broker.clone(),
+        clock: deps.clock.clone(),
         apps: RwLock::new(HashMap::new()),
         metrics,
     });
@@ -133,12 +152,12 @@ pub fn routes(
         .and(with_state.clone())
         .then(
             |app_token: String, body: Bytes, state: Arc<State>| async move {
-                match notify(&state, &app_token, &body).await {
+                match notify(&state, AppToken::new(app_token), &body).await {
                     Ok(message_id) => {
                         state.metrics.accepted.inc();
                         warp::reply::json(&Accepted {
                             status: "ACCEPTED",
-                            message_id: &message_id,
+                            message_id: message_id.as_str(),
                         })
                         .into_response()
                     }
@@ -159,8 +178,12 @@ pub fn routes(
         .and(with_state)
         .then(
             |app_token: String, id: String, state: Arc<State>| async move {
-                let now = common::now_secs();
-                match state.store.status(&app_token, &id, now).await {
+                let now = state.clock.now();
+                match state
+                    .store
+                    .status(&AppToken::new(app_token), &id, now)
+                    .await
+                {
                     Ok(Some(report)) => warp::reply::json(&report).into_response(),
                     Ok(None) => ns_http::error_reply(&ProtocolError::new(
                         Code::NotFound,
@@ -206,12 +229,16 @@ fn unavailable() -> ProtocolError {
 }
 
 /// Accepts one notification; returns its server id.
-async fn notify(state: &State, app_token: &str, body: &[u8]) -> Result<String, ProtocolError> {
-    if !common::crypto::looks_like_app_token(app_token) {
+async fn notify(
+    state: &State,
+    app_token: AppToken,
+    body: &[u8],
+) -> Result<MessageId, ProtocolError> {
+    if !common::crypto::looks_like_app_token(app_token.as_str()) {
         return Err(ProtocolError::new(Code::NotFound, "unknown appToken"));
     }
-    let key = app_key(state, app_token).await?;
-    let now = common::now_secs();
+    let key = app_key(state, &app_token).await?;
+    let now = state.clock.now();
     let request = validate_notify(body, state.settings.max_message_bytes, now)?;
     if let Some(key) = key {
         let Some(signature) = request.signature.as_deref() else {
@@ -223,7 +250,7 @@ async fn notify(state: &State, app_token: &str, body: &[u8]) -> Result<String, P
         key.verify(request.message.as_bytes(), signature)
             .map_err(|_| ProtocolError::new(Code::BadSignature, "bad signature"))?;
     }
-    if !state.limiter.allow(app_token) {
+    if !state.limiter.allow(app_token.as_str()) {
         return Err(ProtocolError::new(
             Code::RateLimited,
             "too many notifications for this appToken",
@@ -231,21 +258,21 @@ async fn notify(state: &State, app_token: &str, body: &[u8]) -> Result<String, P
     }
 
     let notification = Notification {
-        message_id: uuid::Uuid::now_v7().simple().to_string(),
-        app_token: app_token.to_owned(),
+        message_id: MessageId::new(uuid::Uuid::now_v7().simple().to_string()),
+        app_token,
         expires_at: request.expires_at(),
         id: request.id,
         message: request.message,
         ttl: request.ttl,
         timestamp: request.timestamp,
         priority: request.priority,
-        created_at: common::now_millis(),
+        created_at: state.clock.now_millis(),
     };
     // A `ttl: 0` notification is for the UAs connected right now: nothing is stored.
     if !notification.is_ephemeral() {
         state
             .store
-            .insert_notification(&notification)
+            .insert_notification(&notification, now)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "storing a notification failed");
@@ -253,9 +280,11 @@ async fn notify(state: &State, app_token: &str, body: &[u8]) -> Result<String, P
             })?;
     }
     let message_id = notification.message_id.clone();
-    state
-        .broker
-        .publish(NEW_MESSAGES, encode(&NewMessage { notification }))
+    let message = NewMessage {
+        notification,
+        reroute: None,
+    };
+    ns_broker::publish(&*state.broker, NEW_MESSAGES, &message)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, message_id = %message_id, "publishing a notification failed");
@@ -265,7 +294,7 @@ async fn notify(state: &State, app_token: &str, body: &[u8]) -> Result<String, P
 }
 
 /// The app's public key, from the cache or the store; 404 for an unknown appToken.
-async fn app_key(state: &State, app_token: &str) -> Result<CachedApp, ProtocolError> {
+async fn app_key(state: &State, app_token: &AppToken) -> Result<CachedApp, ProtocolError> {
     if let Some(cached) = state
         .apps
         .read()
@@ -293,7 +322,7 @@ async fn app_key(state: &State, app_token: &str) -> Result<CachedApp, ProtocolEr
     if apps.len() >= APP_CACHE_LIMIT {
         apps.clear();
     }
-    apps.insert(app_token.to_owned(), key.clone());
+    apps.insert(app_token.clone(), key.clone());
     Ok(key)
 }
 
@@ -314,7 +343,7 @@ pub async fn run(
 /// Declares `newMessages`, retrying while the broker is down: notifications accepted before
 /// the monitor starts must wait in the queue, not be returned as unroutable.
 async fn declare_queue(deps: &Deps, shutdown: &CancellationToken) {
-    common::retry::until_ok("declaring the newMessages queue", shutdown, || {
+    ns_runtime::retry::until_ok("declaring the newMessages queue", shutdown, || {
         deps.broker.declare_durable(NEW_MESSAGES)
     })
     .await;

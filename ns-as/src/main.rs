@@ -1,8 +1,10 @@
 //! The ns-as binary: parses its configuration and runs the service.
 
 use clap::Parser;
-use common::config::{AmqpConfig, ConfigError, LogConfig, MongoConfig, Problems};
-use common::metrics::Registry;
+use ns_distributed::BackendConfig;
+use ns_runtime::config::{LogConfig, Problems};
+use ns_runtime::metrics::Registry;
+use ns_runtime::Clock;
 
 /// NS-AS: accepts notifications from application servers.
 #[derive(Parser, Debug)]
@@ -14,9 +16,7 @@ struct Cli {
     #[command(flatten)]
     settings: ns_as::Settings,
     #[command(flatten)]
-    mongo: MongoConfig,
-    #[command(flatten)]
-    amqp: AmqpConfig,
+    backends: BackendConfig,
     #[command(flatten)]
     log: LogConfig,
 }
@@ -25,21 +25,16 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut problems = Problems::default();
-    if cli.settings.max_message_bytes == 0 {
-        problems.check::<()>(Err(ConfigError::Invalid(
-            "--max-message-bytes must be positive".into(),
-        )));
-    }
+    problems.extend(cli.settings.problems());
     problems.exit_if_any();
-    let Some(started) =
-        common::bootstrap::start(&cli.log, cli.listen, &cli.mongo, &cli.amqp).await?
-    else {
+    let Some(started) = ns_distributed::start(&cli.log, cli.listen, &cli.backends).await? else {
         return Ok(());
     };
     let deps = ns_as::Deps {
-        store: started.store,
-        broker: started.broker,
+        store: started.backends.store,
+        broker: started.backends.broker,
         registry: Registry::default(),
+        clock: Clock::system(),
     };
     ns_as::run(cli.settings, started.listener, deps, started.shutdown).await
 }

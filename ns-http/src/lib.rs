@@ -6,10 +6,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::broker::Broker;
-use common::metrics::Registry;
-use common::store::Store;
 use common::validate::{Code, ProtocolError};
+use ns_broker::Broker;
+use ns_runtime::metrics::Registry;
+use ns_store::Store;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

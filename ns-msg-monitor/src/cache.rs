@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::messages::RouteEvent;
-use common::model::{UaId, UaRoute};
+use common::model::{AppToken, UaId, UaRoute};
 
 /// Entries older than this are read again even without an event, as a backstop.
 const MAX_AGE: Duration = Duration::from_secs(60);
@@ -24,7 +24,7 @@ struct Entry<T> {
 #[derive(Default)]
 pub(crate) struct RouteCache {
     epoch: AtomicU64,
-    apps: Mutex<HashMap<String, Entry<Arc<Vec<UaId>>>>>,
+    apps: Mutex<HashMap<AppToken, Entry<Arc<Vec<UaId>>>>>,
     uas: Mutex<HashMap<UaId, Entry<UaRoute>>>,
 }
 
@@ -34,14 +34,14 @@ impl RouteCache {
         self.epoch.load(Ordering::Acquire)
     }
 
-    pub(crate) fn app(&self, app_token: &str) -> Option<Arc<Vec<UaId>>> {
+    pub(crate) fn app(&self, app_token: &AppToken) -> Option<Arc<Vec<UaId>>> {
         let apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
         apps.get(app_token)
             .filter(|e| e.at.elapsed() < MAX_AGE)
             .map(|e| e.value.clone())
     }
 
-    pub(crate) fn fill_app(&self, epoch: u64, app_token: &str, uas: Arc<Vec<UaId>>) {
+    pub(crate) fn fill_app(&self, epoch: u64, app_token: &AppToken, uas: Arc<Vec<UaId>>) {
         let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
         if self.epoch() != epoch {
             return;
@@ -50,7 +50,7 @@ impl RouteCache {
             apps.clear();
         }
         apps.insert(
-            app_token.to_owned(),
+            app_token.clone(),
             Entry {
                 value: uas,
                 at: Instant::now(),
@@ -119,56 +119,54 @@ mod tests {
     use super::*;
 
     fn route(ua: &str) -> UaRoute {
-        UaRoute {
-            ua: UaId(ua.into()),
-            node: Some("n".into()),
-            conn: Some("c".into()),
-            interface: None,
-        }
+        UaRoute::connected(
+            UaId::new(ua),
+            common::model::NodeId::new("n"),
+            common::model::ConnId::new("c"),
+            None,
+        )
+    }
+
+    fn app() -> AppToken {
+        AppToken::new("app")
     }
 
     #[test]
     fn fills_and_invalidates() {
         let cache = RouteCache::default();
         let e = cache.epoch();
-        cache.fill_app(e, "app", Arc::new(vec![UaId("u".into())]));
+        cache.fill_app(e, &app(), Arc::new(vec![UaId::new("u")]));
         cache.fill_routes(e, &[route("u")]);
-        assert_eq!(cache.app("app").unwrap().len(), 1);
-        let (hits, misses) = cache.routes(&[UaId("u".into()), UaId("v".into())]);
+        assert_eq!(cache.app(&app()).unwrap().len(), 1);
+        let (hits, misses) = cache.routes(&[UaId::new("u"), UaId::new("v")]);
         assert_eq!((hits.len(), misses.len()), (1, 1));
 
-        cache.invalidate(Some(&RouteEvent::App {
-            app_token: "app".into(),
-        }));
-        assert!(cache.app("app").is_none());
-        assert_eq!(cache.routes(&[UaId("u".into())]).0.len(), 1);
-        cache.invalidate(Some(&RouteEvent::Ua {
-            ua: UaId("u".into()),
-        }));
-        assert!(cache.routes(&[UaId("u".into())]).0.is_empty());
+        cache.invalidate(Some(&RouteEvent::App { app_token: app() }));
+        assert!(cache.app(&app()).is_none());
+        assert_eq!(cache.routes(&[UaId::new("u")]).0.len(), 1);
+        cache.invalidate(Some(&RouteEvent::Ua { ua: UaId::new("u") }));
+        assert!(cache.routes(&[UaId::new("u")]).0.is_empty());
     }
 
     #[test]
     fn a_fill_that_raced_an_invalidation_is_dropped() {
         let cache = RouteCache::default();
         let before = cache.epoch();
-        cache.invalidate(Some(&RouteEvent::App {
-            app_token: "app".into(),
-        }));
-        cache.fill_app(before, "app", Arc::new(vec![]));
-        assert!(cache.app("app").is_none());
+        cache.invalidate(Some(&RouteEvent::App { app_token: app() }));
+        cache.fill_app(before, &app(), Arc::new(vec![]));
+        assert!(cache.app(&app()).is_none());
         cache.fill_routes(before, &[route("u")]);
-        assert!(cache.routes(&[UaId("u".into())]).0.is_empty());
+        assert!(cache.routes(&[UaId::new("u")]).0.is_empty());
     }
 
     #[test]
     fn missed_events_clear_everything() {
         let cache = RouteCache::default();
         let e = cache.epoch();
-        cache.fill_app(e, "app", Arc::new(vec![]));
+        cache.fill_app(e, &app(), Arc::new(vec![]));
         cache.fill_routes(e, &[route("u")]);
         cache.invalidate(None);
-        assert!(cache.app("app").is_none());
-        assert!(cache.routes(&[UaId("u".into())]).0.is_empty());
+        assert!(cache.app(&app()).is_none());
+        assert!(cache.routes(&[UaId::new("u")]).0.is_empty());
     }
 }

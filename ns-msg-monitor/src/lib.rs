@@ -6,18 +6,18 @@
 
 mod cache;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use common::broker::{front_end_queue, Broker, BrokerError, QueueKind, NEW_MESSAGES, UDP_WAKEUPS};
-use common::messages::{decode, encode, FrontEndMessage, NewMessage, RouteEvent, WakeUp};
-use common::metrics::{Metric, Registry};
-use common::model::{Notification, UaId, UaRoute};
-use common::routing::{decide, Target};
-use common::store::{Store, StoreError};
-use futures::StreamExt;
+use common::messages::{front_end_queue, FrontEndMessage, NewMessage, NEW_MESSAGES, UDP_WAKEUPS};
+use common::model::{NodeId, UaId, UaRoute};
+use common::purge::Retention;
+use common::routing;
+use ns_broker::{Broker, BrokerError, Consumer, Event, Handled, QueueKind};
+use ns_runtime::metrics::{Metric, Registry};
+use ns_runtime::Clock;
+use ns_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,31 +25,41 @@ use warp::Filter;
 
 use cache::RouteCache;
 
+const DEFAULT_PREFETCH: u16 = 512;
+const DEFAULT_CONCURRENCY: usize = 256;
+const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 30;
+const DEFAULT_SWEEP_MIN_AGE_SECS: u64 = 30;
+const DEFAULT_PURGE_INTERVAL_SECS: u64 = 60;
+const DEFAULT_ACKED_RETENTION_SECS: i64 = 3600;
+/// Unrouted notifications the sweep takes at a time.
+const SWEEP_BATCH: usize = 1000;
+
 /// The settings of ns-msg-monitor.
 #[derive(Args, Clone, Debug)]
 #[group(id = "monitor")]
 pub struct Settings {
     /// Unacked `newMessages` deliveries taken from the broker at once.
-    #[arg(long, env = "NS_PREFETCH", default_value_t = 512)]
-    pub prefetch: u16,
+    #[arg(long, env = "NS_MONITOR_PREFETCH", default_value_t = DEFAULT_PREFETCH)]
+    pub monitor_prefetch: u16,
     /// Notifications routed concurrently.
-    #[arg(long, env = "NS_CONCURRENCY", default_value_t = 256)]
-    pub concurrency: usize,
+    #[arg(long, env = "NS_MONITOR_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
+    pub monitor_concurrency: usize,
     /// How often stored but never routed notifications are looked for (seconds).
-    #[arg(long, env = "NS_SWEEP_INTERVAL_SECS", default_value_t = 30)]
+    #[arg(long, env = "NS_SWEEP_INTERVAL_SECS", default_value_t = DEFAULT_SWEEP_INTERVAL_SECS)]
     pub sweep_interval_secs: u64,
     /// Age after which an unrouted notification is routed by the sweep (seconds); younger
     /// ones are presumably still on their way through the broker.
-    #[arg(long, env = "NS_SWEEP_MIN_AGE_SECS", default_value_t = 30)]
+    #[arg(long, env = "NS_SWEEP_MIN_AGE_SECS", default_value_t = DEFAULT_SWEEP_MIN_AGE_SECS)]
     pub sweep_min_age_secs: u64,
     /// How often expired notifications and old acked deliveries are purged (seconds).
-    #[arg(long, env = "NS_PURGE_INTERVAL_SECS", default_value_t = 60)]
+    #[arg(long, env = "NS_PURGE_INTERVAL_SECS", default_value_t = DEFAULT_PURGE_INTERVAL_SECS)]
     pub purge_interval_secs: u64,
     /// How long an acked delivery stays visible in the status endpoint (seconds).
-    #[arg(long, env = "NS_ACKED_RETENTION_SECS", default_value_t = 3600)]
+    #[arg(long, env = "NS_ACKED_RETENTION_SECS", default_value_t = DEFAULT_ACKED_RETENTION_SECS)]
     pub acked_retention_secs: i64,
     /// Route every unrouted notification once at start, whatever its age. Right when this
-    /// monitor is the only one (the one-process mode): nothing can be in flight then.
+    /// monitor is the only one (the one-process mode, which always does it): nothing can be
+    /// in flight then.
     #[arg(long, env = "NS_SWEEP_AT_START")]
     pub sweep_at_start: bool,
 }
@@ -57,13 +67,21 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            prefetch: 512,
-            concurrency: 256,
-            sweep_interval_secs: 30,
-            sweep_min_age_secs: 30,
-            purge_interval_secs: 60,
-            acked_retention_secs: 3600,
+            monitor_prefetch: DEFAULT_PREFETCH,
+            monitor_concurrency: DEFAULT_CONCURRENCY,
+            sweep_interval_secs: DEFAULT_SWEEP_INTERVAL_SECS,
+            sweep_min_age_secs: DEFAULT_SWEEP_MIN_AGE_SECS,
+            purge_interval_secs: DEFAULT_PURGE_INTERVAL_SECS,
+            acked_retention_secs: DEFAULT_ACKED_RETENTION_SECS,
             sweep_at_start: false,
+        }
+    }
+}
+
+impl Settings {
+    fn retention(&self) -> Retention {
+        Retention {
+            acked_secs: self.acked_retention_secs,
         }
     }
 }
@@ -74,10 +92,12 @@ pub struct Deps {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub registry: Registry,
+    pub clock: Clock,
 }
 
 struct Metrics {
     routed: Arc<Metric>,
+    rerouted: Arc<Metric>,
     to_front_ends: Arc<Metric>,
     wakeups: Arc<Metric>,
     offline: Arc<Metric>,
@@ -89,6 +109,10 @@ impl Metrics {
     fn new(r: &Registry) -> Self {
         Metrics {
             routed: r.counter("ns_monitor_routed_total", "Notifications routed."),
+            rerouted: r.counter(
+                "ns_monitor_rerouted_total",
+                "Notifications handed back by a front-end their UA had left, routed again.",
+            ),
             to_front_ends: r.counter(
                 "ns_monitor_front_end_deliveries_total",
                 "UA deliveries handed to front-ends.",
@@ -122,6 +146,7 @@ enum RouteError {
 struct Router {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
+    clock: Clock,
     cache: RouteCache,
     metrics: Metrics,
 }
@@ -131,12 +156,16 @@ impl Router {
         Router {
             store: deps.store.clone(),
             broker: deps.broker.clone(),
+            clock: deps.clock.clone(),
             cache: RouteCache::default(),
             metrics: Metrics::new(&deps.registry),
         }
     }
 
-    async fn app_uas(&self, app_token: &str) -> Result<Arc<Vec<UaId>>, StoreError> {
+    async fn app_uas(
+        &self,
+        app_token: &common::model::AppToken,
+    ) -> Result<Arc<Vec<UaId>>, StoreError> {
         if let Some(uas) = self.cache.app(app_token) {
             return Ok(uas);
         }
@@ -157,65 +186,60 @@ impl Router {
         Ok(routes)
     }
 
-    /// Routes one notification to every UA registered for its app.
-    async fn route(&self, n: &Notification) -> Result<(), RouteError> {
-        let uas = self.app_uas(&n.app_token).await?;
-        if !n.is_ephemeral() && !self.store.add_deliveries(n, &uas).await? {
-            self.metrics.skipped.inc();
-            return Ok(());
-        }
-        let routes = self.routes(&uas).await?;
-
-        let mut by_node: HashMap<String, Vec<&UaRoute>> = HashMap::new();
-        let mut wakeups = Vec::new();
-        for route in &routes {
-            match decide(route, n.priority, n.is_ephemeral(), true) {
-                Target::FrontEnd(node) => by_node.entry(node).or_default().push(route),
-                Target::Wake(interface) => wakeups.push(WakeUp {
-                    ua: route.ua.clone(),
-                    interface,
-                    priority: n.priority,
-                }),
-                Target::Hold | Target::Drop => {}
+    /// Routes a notification: a new one to every UA registered for its app (after storing
+    /// their pending deliveries), one handed back by a front-end to the UAs that had left it.
+    async fn route(&self, message: &NewMessage) -> Result<(), RouteError> {
+        let n = &message.notification;
+        let (routes, gone) = match &message.reroute {
+            None => {
+                let uas = self.app_uas(&n.app_token).await?;
+                if !n.is_ephemeral()
+                    && !self.store.add_deliveries(n, &uas, self.clock.now()).await?
+                {
+                    self.metrics.skipped.inc();
+                    return Ok(());
+                }
+                (self.routes(&uas).await?, Vec::new())
             }
-        }
+            Some(reroute) => {
+                // From the store, not the cache: the cache may still hold the very route the
+                // front-end found stale. Their deliveries exist already.
+                self.metrics.rerouted.inc();
+                let routes = self.store.ua_routes(&reroute.uas).await?;
+                (routes, vec![reroute.away_from.clone()])
+            }
+        };
+        let plan = routing::plan(n, &routes, &gone);
 
-        let sends = by_node.iter().map(|(node, targets)| async move {
+        let sends = plan.front_ends.iter().map(|(node, targets)| async move {
             let message = FrontEndMessage::Deliver {
                 notification: n.clone(),
-                targets: targets.iter().map(|r| r.ua.clone()).collect(),
+                targets: targets.clone(),
             };
-            let result = self
-                .broker
-                .publish(&front_end_queue(node), encode(&message))
-                .await;
-            (targets, result)
+            let result = ns_broker::publish(&*self.broker, &front_end_queue(node), &message).await;
+            (node, targets.len(), result)
         });
-        for (targets, result) in futures::future::join_all(sends).await {
+        let mut dead: Vec<NodeId> = Vec::new();
+        for (node, count, result) in futures::future::join_all(sends).await {
             match result {
-                Ok(()) => self.metrics.to_front_ends.add(targets.len() as i64),
+                Ok(()) => self.metrics.to_front_ends.add(count as i64),
                 // The front-end is gone: its UAs are offline until they connect again.
-                Err(BrokerError::Unroutable(_)) => {
-                    self.metrics.offline.inc();
-                    for route in targets {
-                        if let Target::Wake(interface) =
-                            decide(route, n.priority, n.is_ephemeral(), false)
-                        {
-                            wakeups.push(WakeUp {
-                                ua: route.ua.clone(),
-                                interface,
-                                priority: n.priority,
-                            });
-                        }
-                    }
-                }
+                Err(BrokerError::Unroutable(_)) => dead.push(node.clone()),
                 Err(e) => return Err(e.into()),
             }
+        }
+        let mut wakeups = plan.wake;
+        if !dead.is_empty() {
+            self.metrics.offline.add(dead.len() as i64);
+            let stranded = routes
+                .iter()
+                .filter(|r| r.node().is_some_and(|node| dead.contains(node)));
+            wakeups.extend(routing::plan(n, stranded, &dead).wake);
         }
 
         let wakes = wakeups
             .iter()
-            .map(|w| self.broker.publish(UDP_WAKEUPS, encode(w)));
+            .map(|w| ns_broker::publish(&*self.broker, UDP_WAKEUPS, w));
         for result in futures::future::join_all(wakes).await {
             result?;
         }
@@ -226,8 +250,9 @@ impl Router {
 
     /// Routes notifications that were stored but never routed and are older than `min_age`.
     async fn sweep(&self, min_age: Duration) -> usize {
-        let cutoff = common::now_millis() - min_age.as_millis() as i64;
-        let pending = match self.store.unrouted(1000).await {
+        let min_age = i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = self.clock.now_millis().as_i64().saturating_sub(min_age);
+        let pending = match self.store.unrouted(self.clock.now(), SWEEP_BATCH).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "looking for unrouted notifications failed");
@@ -235,11 +260,19 @@ impl Router {
             }
         };
         let mut routed = 0;
-        for n in pending.iter().filter(|n| n.created_at <= cutoff) {
-            match self.route(n).await {
+        for notification in pending
+            .into_iter()
+            .filter(|n| n.created_at.as_i64() <= cutoff)
+        {
+            let message_id = notification.message_id.clone();
+            let message = NewMessage {
+                notification,
+                reroute: None,
+            };
+            match self.route(&message).await {
                 Ok(()) => routed += 1,
                 Err(e) => {
-                    tracing::warn!(error = %e, message_id = %n.message_id, "sweep routing failed");
+                    tracing::warn!(error = %e, message_id = %message_id, "sweep routing failed");
                     break;
                 }
             }
@@ -280,7 +313,7 @@ pub async fn run(
     ns_http::serve(listener, routes.unify(), shutdown.clone()).await;
 
     // Unacked messages of routing cut short are redelivered to the next monitor.
-    common::shutdown::drain(&tasks, Duration::from_secs(20), "routing").await;
+    ns_runtime::shutdown::drain(&tasks, Duration::from_secs(20), "routing").await;
     Ok(())
 }
 
@@ -312,17 +345,16 @@ fn spawn_tasks(
             r.sweep(min_age).await;
         }
     });
-    let (store, s) = (deps.store.clone(), shutdown.clone());
+    let (store, clock, s) = (deps.store.clone(), deps.clock.clone(), shutdown.clone());
     let every = Duration::from_secs(settings.purge_interval_secs.max(1));
-    let retention = settings.acked_retention_secs;
+    let retention = settings.retention();
     tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = s.cancelled() => return,
             }
-            let now = common::now_secs();
-            match store.purge(now, now - retention).await {
+            match store.purge(clock.now(), retention).await {
                 Ok(n) if n > 0 => tracing::debug!(removed = n, "purged"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "purge failed"),
@@ -333,7 +365,7 @@ fn spawn_tasks(
 
 async fn consume_events(router: Arc<Router>, shutdown: CancellationToken) {
     let Some(mut events) =
-        common::retry::until_ok("subscribing to route events", &shutdown, || {
+        ns_runtime::retry::until_ok("subscribing to route events", &shutdown, || {
             router.broker.subscribe_events()
         })
         .await
@@ -343,22 +375,18 @@ async fn consume_events(router: Arc<Router>, shutdown: CancellationToken) {
     // Whatever was cached before the subscription may have missed events.
     router.cache.invalidate(None);
     loop {
-        let delivery = tokio::select! {
-            d = events.recv() => d,
+        let event = tokio::select! {
+            event = events.recv() => event,
             _ = shutdown.cancelled() => return,
         };
-        let Some(delivery) = delivery else {
-            tracing::warn!("route event subscription ended");
-            router.cache.invalidate(None);
-            return;
-        };
-        if delivery.payload.is_empty() {
-            router.cache.invalidate(None);
-            continue;
-        }
-        match decode::<RouteEvent>(&delivery.payload) {
-            Ok(event) => router.cache.invalidate(Some(&event)),
-            Err(e) => tracing::warn!(error = %e, "malformed route event"),
+        match event {
+            Some(Event::Route(event)) => router.cache.invalidate(Some(&event)),
+            Some(Event::Missed) => router.cache.invalidate(None),
+            None => {
+                tracing::warn!("route event subscription ended");
+                router.cache.invalidate(None);
+                return;
+            }
         }
     }
 }
@@ -368,7 +396,7 @@ async fn consume_new_messages(
     router: Arc<Router>,
     shutdown: CancellationToken,
 ) {
-    if common::retry::until_ok("declaring the udpWakeups queue", &shutdown, || {
+    if ns_runtime::retry::until_ok("declaring the udpWakeups queue", &shutdown, || {
         router.broker.declare_durable(UDP_WAKEUPS)
     })
     .await
@@ -376,51 +404,30 @@ async fn consume_new_messages(
     {
         return;
     }
-    let Some(subscription) = common::retry::until_ok("consuming newMessages", &shutdown, || {
-        router
-            .broker
-            .consume(NEW_MESSAGES, QueueKind::Durable, settings.prefetch)
-    })
-    .await
-    else {
-        return;
+    let consumer = Consumer {
+        queue: NEW_MESSAGES,
+        kind: QueueKind::Durable,
+        prefetch: settings.monitor_prefetch,
+        concurrency: settings.monitor_concurrency,
     };
-    tokio_stream_of(subscription)
-        .take_until(shutdown.cancelled())
-        .for_each_concurrent(settings.concurrency.max(1), |delivery| {
+    ns_broker::consume(
+        &*router.broker,
+        consumer,
+        &shutdown,
+        |message: NewMessage| {
             let router = router.clone();
             async move {
-                let message = match decode::<NewMessage>(&delivery.payload) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        // A message nobody can read would come back forever: drop it.
-                        tracing::error!(error = %e, "malformed newMessages payload dropped");
-                        let _ = delivery.ack().await;
-                        return;
-                    }
-                };
-                match router.route(&message.notification).await {
-                    Ok(()) => {
-                        if let Err(e) = delivery.ack().await {
-                            tracing::warn!(error = %e, "ack failed; the message will be routed again");
-                        }
-                    }
+                match router.route(&message).await {
+                    Ok(()) => Handled::Done,
                     Err(e) => {
                         router.metrics.failures.inc();
                         tracing::warn!(error = %e, message_id = %message.notification.message_id,
-                            "routing failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        let _ = delivery.nack().await;
+                        "routing failed; retrying");
+                        Handled::Retry
                     }
                 }
             }
-        })
-        .await;
-}
-
-/// A subscription as a stream.
-fn tokio_stream_of(
-    mut rx: common::broker::Subscription,
-) -> impl futures::Stream<Item = common::broker::Delivery> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        },
+    )
+    .await;
 }

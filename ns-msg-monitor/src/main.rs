@@ -1,8 +1,10 @@
 //! The ns-msg-monitor binary: parses its configuration and runs the service.
 
 use clap::Parser;
-use common::config::{AmqpConfig, LogConfig, MongoConfig};
-use common::metrics::Registry;
+use ns_distributed::BackendConfig;
+use ns_runtime::config::LogConfig;
+use ns_runtime::metrics::Registry;
+use ns_runtime::Clock;
 
 /// NS-MSG-Monitor: routes new notifications to the front-ends.
 #[derive(Parser, Debug)]
@@ -14,9 +16,7 @@ struct Cli {
     #[command(flatten)]
     settings: ns_msg_monitor::Settings,
     #[command(flatten)]
-    mongo: MongoConfig,
-    #[command(flatten)]
-    amqp: AmqpConfig,
+    backends: BackendConfig,
     #[command(flatten)]
     log: LogConfig,
 }
@@ -24,15 +24,14 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Some(started) =
-        common::bootstrap::start(&cli.log, cli.listen, &cli.mongo, &cli.amqp).await?
-    else {
+    let Some(started) = ns_distributed::start(&cli.log, cli.listen, &cli.backends).await? else {
         return Ok(());
     };
     let deps = ns_msg_monitor::Deps {
-        store: started.store,
-        broker: started.broker,
+        store: started.backends.store,
+        broker: started.backends.broker,
         registry: Registry::default(),
+        clock: Clock::system(),
     };
     ns_msg_monitor::run(cli.settings, started.listener, deps, started.shutdown).await
 }

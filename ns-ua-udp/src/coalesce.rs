@@ -3,7 +3,9 @@
 //! coalescing window.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use common::model::{Interface, UaId};
 
@@ -124,7 +126,7 @@ mod tests {
     #[test]
     fn priority_one_wakes_at_once_then_coalesces() {
         let mut c = coalescer();
-        let ua = UaId("u".into());
+        let ua = UaId::new("u");
         let t0 = Instant::now();
         assert_eq!(c.request(&ua, iface(), 1, t0), Decision::SendNow(iface()));
         // A second one within the interval waits for the interval's end.
@@ -146,7 +148,7 @@ mod tests {
     #[test]
     fn priority_two_waits_for_the_window_unless_one_comes_sooner() {
         let mut c = coalescer();
-        let ua = UaId("u".into());
+        let ua = UaId::new("u");
         let t0 = Instant::now();
         assert_eq!(
             c.request(&ua, iface(), 2, t0),
@@ -166,11 +168,11 @@ mod tests {
         let mut c = coalescer();
         let t0 = Instant::now();
         assert_eq!(
-            c.request(&UaId("u".into()), iface(), 3, t0),
+            c.request(&UaId::new("u"), iface(), 3, t0),
             Decision::Ignored
         );
         assert_eq!(
-            c.request(&UaId("u".into()), iface(), 4, t0),
+            c.request(&UaId::new("u"), iface(), 4, t0),
             Decision::Ignored
         );
         assert_eq!(c.next_due(), None);
@@ -179,7 +181,7 @@ mod tests {
     #[test]
     fn a_pull_resets_the_interval() {
         let mut c = coalescer();
-        let ua = UaId("u".into());
+        let ua = UaId::new("u");
         let t0 = Instant::now();
         assert_eq!(c.request(&ua, iface(), 1, t0), Decision::SendNow(iface()));
         c.pulled(&ua);
@@ -193,7 +195,7 @@ mod tests {
     fn prune_forgets_idle_uas() {
         let mut c = coalescer();
         let t0 = Instant::now();
-        c.request(&UaId("u".into()), iface(), 1, t0);
+        c.request(&UaId::new("u"), iface(), 1, t0);
         c.prune(t0 + Duration::from_secs(10));
         assert!(c.uas.is_empty());
     }

@@ -5,21 +5,22 @@ mod coalesce;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
-use common::batch::DeliveryWriter;
-use common::broker::{Broker, QueueKind, UDP_WAKEUPS};
 use common::crypto::Secret;
-use common::messages::{decode, WakeUp};
-use common::metrics::{Metric, Registry};
-use common::model::{DeliveryStatus, Interface, UaId};
-use common::store::{DeliveryUpdate, Store};
+use common::delivery::{DeliveryStatus, DeliveryUpdate};
+use common::messages::{WakeUp, UDP_WAKEUPS};
+use common::model::{Interface, MessageId, UaId};
 use common::validate::{Code, ProtocolError};
-use futures::StreamExt;
+use ns_broker::{Broker, Consumer, Handled, QueueKind};
+use ns_runtime::metrics::{Metric, Registry};
+use ns_runtime::Clock;
+use ns_store::Store;
 use serde::Deserialize;
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::reply::Response;
@@ -31,28 +32,35 @@ use coalesce::{Coalescer, Decision};
 const MAX_BODY: u64 = 64 * 1024;
 /// Most ids in one `POST /ack`.
 const MAX_ACK_IDS: usize = 1000;
+/// Unacked wake-ups taken from the broker at once, and handled at the same time.
+const PREFETCH: u16 = 512;
+const CONCURRENCY: usize = 64;
+
+const DEFAULT_WAKEUP_INTERVAL_SECS: u64 = 5;
+const DEFAULT_COALESCE_WINDOW_SECS: u64 = 30;
+const DEFAULT_MAX_PULL: usize = 100;
 
 /// The settings of ns-ua-udp.
 #[derive(Args, Clone, Debug)]
 #[group(id = "wakeup")]
 pub struct Settings {
     /// Least time between two wake-ups of one UA while its notifications are unpulled (s).
-    #[arg(long, env = "NS_WAKEUP_INTERVAL_SECS", default_value_t = 5)]
+    #[arg(long, env = "NS_WAKEUP_INTERVAL_SECS", default_value_t = DEFAULT_WAKEUP_INTERVAL_SECS)]
     pub wakeup_interval_secs: u64,
     /// Time within which a priority-2 notification wakes its UA (s).
-    #[arg(long, env = "NS_COALESCE_WINDOW_SECS", default_value_t = 30)]
+    #[arg(long, env = "NS_COALESCE_WINDOW_SECS", default_value_t = DEFAULT_COALESCE_WINDOW_SECS)]
     pub coalesce_window_secs: u64,
     /// Notifications returned by a pull without a `limit`, and the most with one.
-    #[arg(long, env = "NS_MAX_PULL", default_value_t = 100)]
+    #[arg(long, env = "NS_MAX_PULL", default_value_t = DEFAULT_MAX_PULL)]
     pub max_pull: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            wakeup_interval_secs: 5,
-            coalesce_window_secs: 30,
-            max_pull: 100,
+            wakeup_interval_secs: DEFAULT_WAKEUP_INTERVAL_SECS,
+            coalesce_window_secs: DEFAULT_COALESCE_WINDOW_SECS,
+            max_pull: DEFAULT_MAX_PULL,
         }
     }
 }
@@ -63,6 +71,7 @@ pub struct Deps {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub registry: Registry,
+    pub clock: Clock,
     pub secret: Secret,
     pub notify_base_url: String,
 }
@@ -76,7 +85,6 @@ struct Metrics {
 struct State {
     settings: Settings,
     deps: Deps,
-    writer: DeliveryWriter,
     coalescer: Mutex<Coalescer>,
     /// Wakes the sender when a wake-up is scheduled earlier than it was sleeping for.
     rescheduled: tokio::sync::Notify,
@@ -93,7 +101,7 @@ struct PullRequest {
 #[serde(rename_all = "camelCase")]
 struct AckRequest {
     uatoken: Option<String>,
-    message_ids: Option<Vec<String>>,
+    message_ids: Option<Vec<MessageId>>,
 }
 
 fn bad_token() -> ProtocolError {
@@ -119,7 +127,7 @@ impl State {
             .limit
             .unwrap_or(self.settings.max_pull)
             .clamp(1, self.settings.max_pull);
-        let now = common::now_secs();
+        let now = self.deps.clock.now();
         let messages = self
             .deps
             .store
@@ -134,8 +142,8 @@ impl State {
             messages.iter().map(|n| n.message_id.clone()),
             DeliveryStatus::Sent,
         );
-        if self.writer.write(updates).await.is_err() {
-            tracing::warn!("recording pulled notifications as sent failed");
+        if let Err(e) = self.deps.store.record_deliveries(updates, now).await {
+            tracing::warn!(error = %e, "recording pulled notifications as sent failed");
         }
         self.coalescer
             .lock()
@@ -160,11 +168,11 @@ impl State {
             return Err(ProtocolError::new(Code::TooBig, "too many message ids"));
         }
         let updates = DeliveryUpdate::for_ua(&ua, ids, DeliveryStatus::Acked);
-        // Acks are answered with a count, so they go straight to the store (not batched).
+        // Acks are answered with a count, which only a direct write gives.
         let acked = self
             .deps
             .store
-            .update_deliveries(&updates, common::now_secs())
+            .update_deliveries(&updates, self.deps.clock.now())
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "storing acks failed");
@@ -236,7 +244,6 @@ pub async fn run(
             Duration::from_secs(settings.wakeup_interval_secs),
             Duration::from_secs(settings.coalesce_window_secs),
         )),
-        writer: DeliveryWriter::spawn(deps.store.clone()),
         settings,
         deps,
         rescheduled: tokio::sync::Notify::new(),
@@ -249,7 +256,7 @@ pub async fn run(
 
     tracing::info!(addr = ?listener.local_addr().ok(), "ns-ua-udp listening");
     ns_http::serve(listener, routes(state), shutdown).await;
-    common::shutdown::drain(&tasks, Duration::from_secs(10), "wake-up work").await;
+    ns_runtime::shutdown::drain(&tasks, Duration::from_secs(10), "wake-up work").await;
     Ok(())
 }
 
@@ -262,43 +269,30 @@ async fn send_datagram(state: &State, socket: &UdpSocket, interface: &Interface)
 }
 
 async fn consume(state: Arc<State>, socket: Arc<UdpSocket>, shutdown: CancellationToken) {
-    let Some(mut subscription) = common::retry::until_ok("consuming udpWakeups", &shutdown, || {
-        state
-            .deps
-            .broker
-            .consume(UDP_WAKEUPS, QueueKind::Durable, 512)
-    })
-    .await
-    else {
-        return;
+    let consumer = Consumer {
+        queue: UDP_WAKEUPS,
+        kind: QueueKind::Durable,
+        prefetch: PREFETCH,
+        concurrency: CONCURRENCY,
     };
-    futures::stream::poll_fn(move |cx| subscription.poll_recv(cx))
-        .take_until(shutdown.cancelled())
-        .for_each_concurrent(64, |delivery| {
-            let (state, socket) = (state.clone(), socket.clone());
-            async move {
-                match decode::<WakeUp>(&delivery.payload) {
-                    Ok(wake) => {
-                        let decision = state
-                            .coalescer
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .request(&wake.ua, wake.interface, wake.priority, Instant::now());
-                        match decision {
-                            Decision::SendNow(interface) => {
-                                send_datagram(&state, &socket, &interface).await
-                            }
-                            Decision::Scheduled(_) => state.rescheduled.notify_one(),
-                            Decision::Ignored => {}
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "malformed wake-up dropped"),
-                }
-                // A wake-up is advisory: the notification itself stays pending in the store.
-                let _ = delivery.ack().await;
+    ns_broker::consume(&*state.deps.broker, consumer, &shutdown, |wake: WakeUp| {
+        let (state, socket) = (state.clone(), socket.clone());
+        async move {
+            let decision = state
+                .coalescer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .request(&wake.ua, wake.interface, wake.priority, Instant::now());
+            match decision {
+                Decision::SendNow(interface) => send_datagram(&state, &socket, &interface).await,
+                Decision::Scheduled(_) => state.rescheduled.notify_one(),
+                Decision::Ignored => {}
             }
-        })
-        .await;
+            // A wake-up is advisory: the notification itself stays pending in the store.
+            Handled::Done
+        }
+    })
+    .await;
 }
 
 async fn send_scheduled(state: Arc<State>, socket: Arc<UdpSocket>, shutdown: CancellationToken) {
@@ -310,7 +304,7 @@ async fn send_scheduled(state: Arc<State>, socket: Arc<UdpSocket>, shutdown: Can
             .next_due();
         let sleep_until = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
         tokio::select! {
-            _ = tokio::time::sleep_until(sleep_until.into()) => {}
+            _ = tokio::time::sleep_until(sleep_until) => {}
             _ = state.rescheduled.notified() => continue,
             _ = shutdown.cancelled() => return,
         }

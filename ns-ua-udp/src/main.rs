@@ -1,8 +1,10 @@
 //! The ns-ua-udp binary: parses its configuration and runs the service.
 
 use clap::Parser;
-use common::config::{AmqpConfig, LogConfig, MongoConfig, Problems, PublicUrlConfig, SecretConfig};
-use common::metrics::Registry;
+use ns_distributed::BackendConfig;
+use ns_runtime::config::{LogConfig, Problems, PublicUrlConfig, SecretConfig};
+use ns_runtime::metrics::Registry;
+use ns_runtime::Clock;
 
 /// NS-UA-UDP: wakes sleeping user agents and serves pull and ack.
 #[derive(Parser, Debug)]
@@ -18,9 +20,7 @@ struct Cli {
     #[command(flatten)]
     public: PublicUrlConfig,
     #[command(flatten)]
-    mongo: MongoConfig,
-    #[command(flatten)]
-    amqp: AmqpConfig,
+    backends: BackendConfig,
     #[command(flatten)]
     log: LogConfig,
 }
@@ -35,15 +35,14 @@ async fn main() -> anyhow::Result<()> {
     let Some(secret) = secret else {
         return Ok(());
     };
-    let Some(started) =
-        common::bootstrap::start(&cli.log, cli.listen, &cli.mongo, &cli.amqp).await?
-    else {
+    let Some(started) = ns_distributed::start(&cli.log, cli.listen, &cli.backends).await? else {
         return Ok(());
     };
     let deps = ns_ua_udp::Deps {
-        store: started.store,
-        broker: started.broker,
+        store: started.backends.store,
+        broker: started.backends.broker,
         registry: Registry::default(),
+        clock: Clock::system(),
         secret,
         notify_base_url: cli.public.notify_base_url,
     };

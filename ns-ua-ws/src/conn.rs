@@ -1,29 +1,29 @@
 //! One UA's WebSocket: the handshake with the `push-notification` subprotocol, then a loop
-//! over client frames, queued notifications and pings, with the session state machine
-//! deciding what each command may do.
+//! over client frames, queued notifications and pings. The session state machine decides;
+//! this does the I/O it asks for. The loop is generic over its socket, so that tests drive
+//! it with channels.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::broker::{front_end_queue, BrokerError};
-use common::crypto;
-use common::messages::{encode, FrontEndMessage, RouteEvent};
-use common::model::{notify_url, App, DeliveryStatus, UaId};
-use common::store::{connected_route, DeliveryUpdate};
+use common::delivery::{DeliveryStatus, DeliveryUpdate};
+use common::messages::{front_end_queue, FrontEndMessage, RouteEvent};
+use common::model::{ConnId, Interface, Live, UaId, UaRoute};
+use common::notification::notify_url;
 use common::validate::{Code, ProtocolError};
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use ns_broker::BrokerError;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::session::{parse, Command, Session};
-use crate::{ConnHandle, Outbound, Shared};
+use crate::registry::Outbound;
+use crate::session::{Action, Close, Session, Step};
+use crate::Shared;
 
 /// The subprotocol of §2.
 const SUBPROTOCOL: &str = "push-notification";
@@ -36,8 +36,6 @@ const PENDING_PER_FRAME: usize = 100;
 const READ_BUFFER: usize = 1024;
 /// Largest client frame: commands are small.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
-
-type Ws = WebSocketStream<TcpStream>;
 
 /// Small buffers: most connections sit idle, and memory per connection is what limits how
 /// many one instance holds.
@@ -71,7 +69,7 @@ fn select_subprotocol(
     Ok(response)
 }
 
-/// Runs one WebSocket connection to its end.
+/// Accepts the WebSocket handshake on `stream`, then runs the connection to its end.
 pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
     // The handshake's room is given back once it is done.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
@@ -79,112 +77,144 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: Canc
         select_subprotocol,
         Some(ws_config()),
     ));
-    let ws = match handshake.await {
-        Ok(ws) => ws,
-        Err(e) => {
-            tracing::debug!(error = %e, "WebSocket handshake failed");
-            return;
-        }
-    };
+    match handshake.await {
+        Ok(ws) => run(ws, shared, shutdown).await,
+        Err(e) => tracing::debug!(error = %e, "WebSocket handshake failed"),
+    }
+}
+
+/// Runs one connection over `socket` until the client leaves, the UA is taken over, or
+/// `shutdown`; then releases its UA.
+pub(crate) async fn run<S>(socket: S, shared: Arc<Shared>, shutdown: CancellationToken)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
     shared.metrics.connections.inc();
-    let mut conn = Conn {
-        shared: shared.clone(),
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        session: Session::default(),
-        ws,
-        tx: None,
-    };
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    conn.tx = Some(tx);
-    conn.run(rx, shutdown).await;
-    conn.cleanup().await;
+    let mut conn = Conn {
+        shared,
+        id: ConnId::new(uuid::Uuid::new_v4().simple().to_string()),
+        session: Session::default(),
+        socket,
+        tx,
+    };
+    conn.serve(rx, shutdown).await;
+    let Conn {
+        shared,
+        id,
+        session,
+        ..
+    } = conn;
+    if let Some(ua) = session.into_release() {
+        release(&shared, ua, id).await;
+    }
     shared.metrics.connections.dec();
 }
 
-struct Conn {
+/// Records the UA as disconnected, unless a newer connection has taken it over.
+async fn release(shared: &Shared, ua: UaId, conn: ConnId) {
+    if !shared.connections.detach(&ua, &conn) {
+        return;
+    }
+    let live = Live {
+        node: shared.node.clone(),
+        conn,
+    };
+    if let Err(e) = shared.deps.store.disconnect_ua(&ua, &live).await {
+        // The route stays pointed here; a notification routed to a UA that isn't here is
+        // handed back to the monitor, so nothing is lost.
+        tracing::warn!(error = %e, "recording a disconnect failed");
+    }
+    shared.route_changed(RouteEvent::Ua { ua }).await;
+}
+
+struct Conn<S> {
     shared: Arc<Shared>,
     /// Id of this connection, stored with the UA's route.
-    id: String,
+    id: ConnId,
     session: Session,
-    ws: Ws,
+    socket: S,
     /// Sender of this connection's outbound queue, handed to the registry on register/ua.
-    tx: Option<mpsc::Sender<Outbound>>,
+    tx: mpsc::Sender<Outbound>,
 }
 
-/// Why the loop ended early.
+/// Why the loop ends early.
 enum End {
-    Closed,
-    Rejected,
+    /// The socket is gone.
+    Gone,
+    /// The server closes the connection.
+    Close(Close),
 }
 
-impl Conn {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Outbound>, shutdown: CancellationToken) {
+impl<S> Conn<S>
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>, shutdown: CancellationToken) {
         let period = Duration::from_secs(self.shared.settings.ping_interval_secs.max(1));
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            tokio::select! {
-                frame = self.ws.next() => {
-                    let result = match frame {
-                        // On the heap: a command's future is large, and an idle
-                        // connection should not carry its room.
-                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(&text, &mut rx)).await,
-                        Some(Ok(Message::Binary(_))) => {
-                            self.send_error(&ProtocolError::new(Code::Binary, "binary frames not supported")).await
-                        }
-                        // Pings are answered by the WebSocket layer itself.
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Err(End::Closed),
-                    };
-                    if let Err(end) = result {
-                        if matches!(end, End::Rejected) {
-                            self.close(CloseCode::Policy, "register/ua rejected").await;
-                        }
-                        return;
-                    }
-                }
-                outbound = rx.recv() => match outbound {
-                    Some(Outbound::Notify(queued)) => {
-                        if self.ws.send(Message::Text(queued.frame)).await.is_err() {
-                            return;
-                        }
-                        self.shared.metrics.delivered.inc();
-                    }
-                    Some(Outbound::TakenOver) => {
-                        self.close(CloseCode::Normal, "uatoken registered on another connection").await;
-                        // The newer connection owns the UA now: nothing to clean up.
-                        self.session = Session::default();
-                        return;
-                    }
-                    None => return,
+        let end = loop {
+            let result = tokio::select! {
+                frame = self.socket.next() => match frame {
+                    // On the heap: a command's future is large, and an idle connection
+                    // should not carry its room.
+                    Some(Ok(Message::Text(text))) => Box::pin(self.on_text(&text, &mut rx)).await,
+                    Some(Ok(Message::Binary(_))) => self.step(self.session.on_binary()).await,
+                    // Pings are answered by the WebSocket layer itself.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => Err(End::Gone),
                 },
-                _ = ping.tick() => {
-                    if self.ws.send(Message::Ping(Default::default())).await.is_err() {
-                        return;
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    self.close(CloseCode::Away, "server shutting down").await;
-                    return;
-                }
+                outbound = rx.recv() => match outbound {
+                    Some(Outbound::Notify(queued)) => self.send_notification(queued.frame).await,
+                    Some(Outbound::TakenOver) => Err(End::Close(self.session.taken_over())),
+                    None => Err(End::Gone),
+                },
+                _ = ping.tick() => self
+                    .socket
+                    .send(Message::Ping(Default::default()))
+                    .await
+                    .map_err(|_| End::Gone),
+                _ = shutdown.cancelled() => Err(End::Close(Close::GoingAway)),
+            };
+            if let Err(end) = result {
+                break end;
             }
+        };
+        if let End::Close(close) = end {
+            if close == Close::TakenOver {
+                self.shared.metrics.taken_over.inc();
+            }
+            self.close(close).await;
         }
     }
 
-    async fn close(&mut self, code: CloseCode, reason: &'static str) {
-        let _ = self
-            .ws
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
+    async fn close(&mut self, close: Close) {
+        let (code, reason) = match close {
+            Close::Rejected => (CloseCode::Policy, "register/ua rejected"),
+            Close::TakenOver => (
+                CloseCode::Normal,
+                "uatoken registered on another connection",
+            ),
+            Close::GoingAway => (CloseCode::Away, "server shutting down"),
+        };
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = self.socket.send(Message::Close(Some(frame))).await;
     }
 
     async fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), End> {
-        self.ws
+        self.socket
             .send(Message::Text(text.into()))
             .await
-            .map_err(|_| End::Closed)
+            .map_err(|_| End::Gone)
+    }
+
+    async fn send_notification(&mut self, frame: Utf8Bytes) -> Result<(), End> {
+        self.send_text(frame).await?;
+        self.shared.metrics.delivered.inc();
+        Ok(())
     }
 
     async fn send_error(&mut self, error: &ProtocolError) -> Result<(), End> {
@@ -194,120 +224,136 @@ impl Conn {
 
     /// Handles one client text frame.
     async fn on_text(&mut self, text: &str, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), End> {
-        let command = match parse(text) {
-            Ok(c) => c,
-            Err(e) => {
-                self.send_error(&e).await?;
-                // A register/ua with bad data is still a rejected register/ua.
-                return if crate::session::names_register_ua(text) {
-                    Err(End::Rejected)
-                } else {
-                    Ok(())
-                };
-            }
-        };
-        match command {
-            Command::Ping => self.send_text("PONG").await,
-            Command::RegisterUa { uatoken, interface } => {
-                match self.register_ua(&uatoken, interface).await {
-                    Ok(ua) => {
-                        self.send_text("OK").await?;
-                        self.send_pending(&ua, rx).await
-                    }
-                    Err(e) => {
-                        self.send_error(&e).await?;
-                        Err(End::Rejected)
-                    }
-                }
-            }
-            Command::RegisterWa {
-                uatoken,
-                watoken,
-                pbk,
-            } => {
-                let reply = self.register_wa(&uatoken, &watoken, pbk.map(|k| k.0)).await;
-                match reply {
-                    Ok(url) => self.send_text(url).await,
-                    Err(e) => self.send_error(&e).await,
-                }
-            }
-            Command::UnregisterWa {
-                uatoken,
-                watoken,
-                pbk,
-            } => {
-                match self
-                    .unregister_wa(&uatoken, &watoken, pbk.map(|k| k.0))
-                    .await
-                {
-                    Ok(()) => self.send_text("OK").await,
-                    Err(e) => self.send_error(&e).await,
-                }
-            }
-            Command::Ack { message_ids } => match self.ack(message_ids).await {
-                Ok(()) => Ok(()),
-                Err(e) => self.send_error(&e).await,
-            },
+        match self.session.on_text(text, &self.shared.deps.secret) {
+            Step::Do(action) => self.perform(action, rx).await,
+            step => self.step(step).await,
         }
     }
 
+    /// Answers a step that needs no I/O beyond the answer.
+    async fn step(&mut self, step: Step) -> Result<(), End> {
+        match step {
+            Step::Pong => self.send_text("PONG").await,
+            Step::Error(e) => self.send_error(&e).await,
+            Step::Reject(e) => {
+                self.send_error(&e).await?;
+                Err(End::Close(Close::Rejected))
+            }
+            Step::Do(_) => Ok(()),
+        }
+    }
+
+    async fn perform(
+        &mut self,
+        action: Action,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), End> {
+        match action {
+            Action::RegisterUa {
+                ua,
+                uatoken,
+                interface,
+            } => match self.register_ua(&ua, interface).await {
+                Ok(()) => {
+                    self.session.registered(uatoken, ua.clone());
+                    self.shared.metrics.registered.inc();
+                    self.send_text("OK").await?;
+                    self.send_pending(&ua, rx).await
+                }
+                Err(e) => self.step(Step::Reject(e)).await,
+            },
+            Action::RegisterWa { ua, app } => {
+                let store = &self.shared.deps.store;
+                let stored = async {
+                    store.put_app(&app).await?;
+                    store.register_wa(&ua, &app.app_token).await
+                };
+                if let Err(e) = stored.await {
+                    tracing::warn!(error = %e, "storing a WA registration failed");
+                    return self.send_error(&unavailable()).await;
+                }
+                let url = notify_url(&self.shared.deps.notify_base_url, &app.app_token);
+                self.shared
+                    .route_changed(RouteEvent::App {
+                        app_token: app.app_token,
+                    })
+                    .await;
+                self.send_text(url).await
+            }
+            Action::UnregisterWa { ua, app_token } => {
+                if let Err(e) = self.shared.deps.store.unregister_wa(&ua, &app_token).await {
+                    tracing::warn!(error = %e, "removing a WA registration failed");
+                    return self.send_error(&unavailable()).await;
+                }
+                self.shared
+                    .route_changed(RouteEvent::App { app_token })
+                    .await;
+                self.send_text("OK").await
+            }
+            Action::Ack { ua, message_ids } => {
+                let count = message_ids.len();
+                let updates = DeliveryUpdate::for_ua(&ua, message_ids, DeliveryStatus::Acked);
+                let now = self.shared.deps.clock.now();
+                match self.shared.deps.store.record_deliveries(updates, now).await {
+                    Ok(()) => {
+                        self.shared.metrics.acked.add(count as i64);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "storing acks failed");
+                        self.send_error(&unavailable()).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes this connection the UA's live one, here and in the store, and closes the one
+    /// it had elsewhere.
     async fn register_ua(
         &mut self,
-        uatoken: &str,
-        interface: Option<common::model::Interface>,
-    ) -> Result<UaId, ProtocolError> {
-        let ua = self
-            .session
-            .check_register_ua(&self.shared.deps.secret, uatoken)?;
-        let Some(tx) = self.tx.clone() else {
-            return Err(unavailable());
-        };
+        ua: &UaId,
+        interface: Option<Interface>,
+    ) -> Result<(), ProtocolError> {
         // Attach before storing the route: a notification routed here as soon as the route
         // is stored must find the connection. It waits in the queue until the pending ones
         // are sent, so `OK` still comes first.
-        self.shared.attach(
-            &ua,
-            ConnHandle {
-                conn: self.id.clone(),
-                tx,
-            },
+        self.shared
+            .connections
+            .attach(ua, &self.id, self.tx.clone());
+        let route = UaRoute::connected(
+            ua.clone(),
+            self.shared.node.clone(),
+            self.id.clone(),
+            interface,
         );
-        let route = connected_route(ua.clone(), &self.shared.server_id, &self.id, interface);
         let previous = match self.shared.deps.store.register_ua(&route).await {
-            Ok(p) => p,
+            Ok(previous) => previous,
             Err(e) => {
                 tracing::warn!(error = %e, "storing a UA route failed");
-                self.shared.detach(&ua, &self.id);
+                self.shared.connections.detach(ua, &self.id);
                 return Err(unavailable());
             }
         };
-        // The UA was live on another instance: that connection must close.
-        if let Some(prev) = previous {
-            if let (Some(node), Some(conn)) = (prev.node, prev.conn) {
-                if node != self.shared.server_id {
-                    let message = FrontEndMessage::Takeover {
-                        ua: ua.clone(),
-                        conn,
-                    };
-                    match self
-                        .shared
-                        .deps
-                        .broker
-                        .publish(&front_end_queue(&node), encode(&message))
-                        .await
-                    {
-                        Ok(()) | Err(BrokerError::Unroutable(_)) => {}
-                        Err(e) => tracing::warn!(error = %e, "sending a take-over failed"),
-                    }
+        // The UA was live on another front-end: that connection must close.
+        if let Some(Live { node, conn }) = previous.and_then(|p| p.live) {
+            if node != self.shared.node {
+                let message = FrontEndMessage::Takeover {
+                    ua: ua.clone(),
+                    conn,
+                };
+                let queue = front_end_queue(&node);
+                match ns_broker::publish(&*self.shared.deps.broker, &queue, &message).await {
+                    // A front-end that is gone has closed its connections already.
+                    Ok(()) | Err(BrokerError::Unroutable(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, "sending a take-over failed"),
                 }
             }
         }
         self.shared
             .route_changed(RouteEvent::Ua { ua: ua.clone() })
             .await;
-        self.session.registered(uatoken, ua.clone());
-        self.shared.metrics.registered.inc();
-        Ok(ua)
+        Ok(())
     }
 
     /// Sends the UA's outstanding notifications right after `OK`, then whatever was routed
@@ -317,7 +363,7 @@ impl Conn {
         ua: &UaId,
         rx: &mut mpsc::Receiver<Outbound>,
     ) -> Result<(), End> {
-        let now = common::now_secs();
+        let now = self.shared.deps.clock.now();
         let pending = match self
             .shared
             .deps
@@ -333,128 +379,425 @@ impl Conn {
             }
         };
         let base = self.shared.deps.notify_base_url.clone();
-        let mut sent = HashSet::new();
         for chunk in pending.chunks(PENDING_PER_FRAME) {
             let frames: Vec<_> = chunk.iter().map(|n| n.to_frame(&base)).collect();
-            let text = serde_json::to_string(&frames).unwrap_or_default();
+            let text = serde_json::to_string(&frames).map_err(|e| {
+                tracing::error!(error = %e, "encoding pending notifications failed");
+                End::Gone
+            })?;
             self.send_text(text).await?;
             self.shared.metrics.delivered.add(chunk.len() as i64);
-            sent.extend(chunk.iter().map(|n| n.message_id.clone()));
         }
-        let updates = DeliveryUpdate::for_ua(
-            ua,
-            pending.iter().map(|n| n.message_id.clone()),
-            DeliveryStatus::Sent,
-        );
-        if self.shared.writer.write(updates).await.is_err() {
-            tracing::warn!("recording pending notifications as sent failed");
+        let ids: Vec<_> = pending.into_iter().map(|n| n.message_id).collect();
+        self.session.sent_after_ok(ids.iter().cloned());
+        let updates = DeliveryUpdate::for_ua(ua, ids, DeliveryStatus::Sent);
+        if let Err(e) = self.shared.deps.store.record_deliveries(updates, now).await {
+            tracing::warn!(error = %e, "recording pending notifications as sent failed");
         }
         // Notifications routed here while the pending ones were read may be among them.
         while let Ok(outbound) = rx.try_recv() {
             match outbound {
                 Outbound::Notify(queued) => {
-                    if !sent.contains(&queued.message_id) {
-                        self.send_text(queued.frame).await?;
-                        self.shared.metrics.delivered.inc();
+                    if self.session.is_new(&queued.message_id) {
+                        self.send_notification(queued.frame).await?;
                     }
                 }
-                Outbound::TakenOver => {
-                    self.close(
-                        CloseCode::Normal,
-                        "uatoken registered on another connection",
-                    )
-                    .await;
-                    self.session = Session::default();
-                    return Err(End::Closed);
-                }
+                Outbound::TakenOver => return Err(End::Close(self.session.taken_over())),
             }
         }
+        self.session.drained();
         Ok(())
-    }
-
-    async fn register_wa(
-        &mut self,
-        uatoken: &str,
-        watoken: &str,
-        pbk: Option<crypto::PublicKey>,
-    ) -> Result<String, ProtocolError> {
-        let ua = self.session.check_same_ua(uatoken)?;
-        let app_token = crypto::app_token(&self.shared.deps.secret, watoken, pbk.as_ref());
-        let store = &self.shared.deps.store;
-        let app = App {
-            app_token: app_token.clone(),
-            pbk: pbk.map(|k| k.pem().to_owned()),
-        };
-        let stored = async {
-            store.put_app(&app).await?;
-            store.register_wa(&ua, &app_token).await
-        };
-        if let Err(e) = stored.await {
-            tracing::warn!(error = %e, "storing a WA registration failed");
-            return Err(unavailable());
-        }
-        self.shared
-            .route_changed(RouteEvent::App {
-                app_token: app_token.clone(),
-            })
-            .await;
-        Ok(notify_url(&self.shared.deps.notify_base_url, &app_token))
-    }
-
-    async fn unregister_wa(
-        &mut self,
-        uatoken: &str,
-        watoken: &str,
-        pbk: Option<crypto::PublicKey>,
-    ) -> Result<(), ProtocolError> {
-        let ua = self.session.check_same_ua(uatoken)?;
-        let app_token = crypto::app_token(&self.shared.deps.secret, watoken, pbk.as_ref());
-        if let Err(e) = self.shared.deps.store.unregister_wa(&ua, &app_token).await {
-            tracing::warn!(error = %e, "removing a WA registration failed");
-            return Err(unavailable());
-        }
-        self.shared
-            .route_changed(RouteEvent::App { app_token })
-            .await;
-        Ok(())
-    }
-
-    async fn ack(&mut self, message_ids: Vec<String>) -> Result<(), ProtocolError> {
-        let ua = self.session.check_any_ua()?;
-        let count = message_ids.len();
-        let updates = DeliveryUpdate::for_ua(&ua, message_ids, DeliveryStatus::Acked);
-        self.shared
-            .writer
-            .write(updates)
-            .await
-            .map_err(|_| unavailable())?;
-        self.shared.metrics.acked.add(count as i64);
-        Ok(())
-    }
-
-    /// Records the UA as disconnected, unless a newer connection has taken it over.
-    async fn cleanup(&mut self) {
-        let Some(ua) = self.session.ua().cloned() else {
-            return;
-        };
-        if !self.shared.detach(&ua, &self.id) {
-            return;
-        }
-        if let Err(e) = self
-            .shared
-            .deps
-            .store
-            .disconnect_ua(&ua, &self.shared.server_id, &self.id)
-            .await
-        {
-            // The route stays pointed here; routing to a UA that isn't here falls back to
-            // "offline" in the queue consumer, so nothing is lost.
-            tracing::warn!(error = %e, "recording a disconnect failed");
-        }
-        self.shared.route_changed(RouteEvent::Ua { ua }).await;
     }
 }
 
 fn unavailable() -> ProtocolError {
     ProtocolError::new(Code::Unavailable, "a dependency is unavailable; retry")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use common::crypto::{self, Secret};
+    use common::model::{AppToken, EpochSecs, MessageId};
+    use common::notification::Notification;
+    use futures::channel::mpsc as chan;
+    use ns_broker_local::LocalBroker;
+    use ns_runtime::metrics::Registry;
+    use ns_runtime::Clock;
+    use ns_store::Store;
+    use ns_store_redb::EmbeddedStore;
+    use serde_json::{json, Value};
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::registry::Queued;
+    use crate::{Deps, Settings};
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// The server's end of a WebSocket, made of two channels.
+    struct TestSocket {
+        from_client: chan::UnboundedReceiver<Message>,
+        to_client: chan::UnboundedSender<Message>,
+    }
+
+    impl Stream for TestSocket {
+        type Item = Result<Message, WsError>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_next_unpin(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<Message> for TestSocket {
+        type Error = WsError;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.to_client
+                .unbounded_send(item)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The client's end.
+    struct Client {
+        to_server: chan::UnboundedSender<Message>,
+        from_server: chan::UnboundedReceiver<Message>,
+        task: JoinHandle<()>,
+    }
+
+    impl Client {
+        fn command(&self, command: &str, data: Value) {
+            let frame = json!({ "command": command, "data": data }).to_string();
+            self.to_server
+                .unbounded_send(Message::Text(frame.into()))
+                .expect("the connection is open");
+        }
+
+        async fn next(&mut self) -> Message {
+            tokio::time::timeout(DEADLINE, self.from_server.next())
+                .await
+                .expect("a frame before the deadline")
+                .expect("the connection sent something")
+        }
+
+        async fn text(&mut self) -> String {
+            match self.next().await {
+                Message::Text(text) => text.to_string(),
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+
+        async fn json(&mut self) -> Value {
+            serde_json::from_str(&self.text().await).expect("JSON")
+        }
+
+        async fn close_code(&mut self) -> CloseCode {
+            match self.next().await {
+                Message::Close(Some(frame)) => frame.code,
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+
+        /// Leaves, and waits for the server to have released the connection.
+        async fn leave(self) {
+            drop(self.to_server);
+            tokio::time::timeout(DEADLINE, self.task)
+                .await
+                .expect("the connection ends")
+                .expect("no panic");
+        }
+    }
+
+    struct Fixture {
+        shared: Arc<Shared>,
+        store: Arc<EmbeddedStore>,
+        secret: Secret,
+        shutdown: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    const NOW: EpochSecs = EpochSecs(1_700_000_000);
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"));
+        let secret = Secret::new("0123456789abcdef");
+        let deps = Deps {
+            store: store.clone(),
+            broker: Arc::new(LocalBroker::new()),
+            registry: Registry::default(),
+            clock: Clock::system(),
+            secret: secret.clone(),
+            notify_base_url: "http://push.example".into(),
+        };
+        let settings = Settings {
+            server_id: Some("here".into()),
+            ..Settings::default()
+        };
+        Fixture {
+            shared: Arc::new(Shared::new(settings, deps)),
+            store,
+            secret,
+            shutdown: CancellationToken::new(),
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        fn connect(&self) -> Client {
+            let (to_server, from_client) = chan::unbounded();
+            let (to_client, from_server) = chan::unbounded();
+            let socket = TestSocket {
+                from_client,
+                to_client,
+            };
+            let task = tokio::spawn(run(socket, self.shared.clone(), self.shutdown.clone()));
+            Client {
+                to_server,
+                from_server,
+                task,
+            }
+        }
+
+        async fn registered(&self, token: &str) -> Client {
+            let mut client = self.connect();
+            client.command("register/ua", json!({ "uatoken": token }));
+            assert_eq!(client.text().await, "OK");
+            client
+        }
+
+        /// A notification stored and pending for `ua`.
+        async fn pending(&self, ua: &UaId, id: &str) -> Notification {
+            let n = Notification {
+                message_id: MessageId::new(uuid::Uuid::now_v7().simple().to_string()),
+                app_token: AppToken::new("app"),
+                id: id.into(),
+                message: format!("message {id}"),
+                ttl: 3600,
+                timestamp: NOW,
+                expires_at: Clock::system().now().plus(3600),
+                priority: 4,
+                created_at: Clock::system().now_millis(),
+            };
+            self.store.insert_notification(&n, NOW).await.unwrap();
+            assert!(self
+                .store
+                .add_deliveries(&n, std::slice::from_ref(ua), NOW)
+                .await
+                .unwrap());
+            n
+        }
+
+        fn queued(&self, n: &Notification) -> Outbound {
+            let frame = serde_json::to_string(&[n.to_frame("http://push.example")]).unwrap();
+            Outbound::Notify(Box::new(Queued {
+                message_id: n.message_id.clone(),
+                frame: frame.into(),
+            }))
+        }
+
+        async fn live_conn(&self, ua: &UaId) -> Option<ConnId> {
+            let routes = self
+                .store
+                .ua_routes(std::slice::from_ref(ua))
+                .await
+                .unwrap();
+            routes
+                .into_iter()
+                .next()
+                .and_then(|r| r.live)
+                .map(|l| l.conn)
+        }
+    }
+
+    fn ids(frame: &Value) -> Vec<String> {
+        frame
+            .as_array()
+            .expect("a notification array")
+            .iter()
+            .map(|n| n["id"].as_str().expect("an id").to_owned())
+            .collect()
+    }
+
+    /// One thread, so that what the test queues between two of the connection's awaits is
+    /// there before the connection runs again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn pending_ones_go_right_after_ok_and_queued_duplicates_are_dropped() {
+        let f = fixture();
+        let token = crypto::new_uatoken(&f.secret);
+        let ua = crypto::ua_id(&token);
+        let first = f.pending(&ua, "first").await;
+        let second = f.pending(&ua, "second").await;
+        let mut client = f.connect();
+        client.command("register/ua", json!({ "uatoken": token }));
+        // Routed here while the connection registers: one of them is among the pending
+        // ones, the other is new.
+        let fresh = Notification {
+            id: "fresh".into(),
+            message_id: MessageId::new("fresh-id"),
+            ..first.clone()
+        };
+        tokio::time::timeout(DEADLINE, async {
+            while !f
+                .shared
+                .connections
+                .send_to(&ua, f.queued(&second), Duration::ZERO)
+                .await
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the connection attaches");
+        assert!(
+            f.shared
+                .connections
+                .send_to(&ua, f.queued(&fresh), Duration::ZERO)
+                .await
+        );
+
+        assert_eq!(client.text().await, "OK");
+        assert_eq!(
+            ids(&client.json().await),
+            ["first", "second"],
+            "oldest first"
+        );
+        assert_eq!(
+            ids(&client.json().await),
+            ["fresh"],
+            "second is not sent twice"
+        );
+        let report = f
+            .store
+            .status(&first.app_token, "first", NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.deliveries[0].status, DeliveryStatus::Sent);
+        client.leave().await;
+    }
+
+    #[tokio::test]
+    async fn acks_are_recorded() {
+        let f = fixture();
+        let token = crypto::new_uatoken(&f.secret);
+        let ua = crypto::ua_id(&token);
+        let n = f.pending(&ua, "a").await;
+        let mut client = f.registered(&token).await;
+        assert_eq!(ids(&client.json().await), ["a"]);
+        client.command("ack", json!({ "messageId": n.message_id }));
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let report = f.store.status(&n.app_token, "a", NOW).await.unwrap();
+                if report.is_some_and(|r| r.deliveries[0].status == DeliveryStatus::Acked) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the ack is stored");
+        client.leave().await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_register_ua_is_answered_then_closed() {
+        let f = fixture();
+        let forged = crypto::new_uatoken(&Secret::new("another secret!!"));
+        let mut client = f.connect();
+        client.command("register/ua", json!({ "uatoken": forged }));
+        assert_eq!(client.json().await["code"], 456);
+        assert_eq!(client.close_code().await, CloseCode::Policy);
+        tokio::time::timeout(DEADLINE, client.task)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_takes_the_ua_over_and_the_old_one_releases_nothing() {
+        let f = fixture();
+        let token = crypto::new_uatoken(&f.secret);
+        let ua = crypto::ua_id(&token);
+        let mut old = f.registered(&token).await;
+        let before = f.live_conn(&ua).await.expect("live");
+        let new = f.registered(&token).await;
+        assert_eq!(old.close_code().await, CloseCode::Normal);
+        tokio::time::timeout(DEADLINE, old.task)
+            .await
+            .expect("the old connection ends")
+            .unwrap();
+        let after = f.live_conn(&ua).await.expect("still live");
+        assert_ne!(after, before, "the newer connection holds the UA");
+        assert_eq!(f.shared.metrics.taken_over.get(), 1);
+
+        new.leave().await;
+        assert_eq!(f.live_conn(&ua).await, None, "leaving releases the UA");
+        assert!(
+            !f.shared
+                .connections
+                .send_to(&ua, Outbound::TakenOver, Duration::ZERO)
+                .await
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_with_going_away_and_releases() {
+        let f = fixture();
+        let token = crypto::new_uatoken(&f.secret);
+        let mut client = f.registered(&token).await;
+        f.shutdown.cancel();
+        assert_eq!(client.close_code().await, CloseCode::Away);
+        tokio::time::timeout(DEADLINE, client.task)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        assert_eq!(f.live_conn(&crypto::ua_id(&token)).await, None);
+    }
+
+    #[tokio::test]
+    async fn wa_registration_gives_the_notify_url_and_errors_keep_the_connection() {
+        let f = fixture();
+        let token = crypto::new_uatoken(&f.secret);
+        let mut client = f.registered(&token).await;
+        client.command("register/wa", json!({ "uatoken": token, "watoken": "w" }));
+        let url = client.text().await;
+        let app = crypto::app_token(&f.secret, "w", None);
+        assert_eq!(url, format!("http://push.example/notify/{app}"));
+        assert_eq!(
+            f.store.app_uas(&app).await.unwrap(),
+            vec![crypto::ua_id(&token)]
+        );
+        client.command("register/wa", json!({ "uatoken": token }));
+        assert_eq!(client.json().await["code"], 457);
+        client
+            .to_server
+            .unbounded_send(Message::Binary(vec![1].into()))
+            .unwrap();
+        assert_eq!(client.json().await["code"], 463);
+        client.command("unregister/wa", json!({ "uatoken": token, "watoken": "w" }));
+        assert_eq!(client.text().await, "OK");
+        assert!(f.store.app_uas(&app).await.unwrap().is_empty());
+        client
+            .to_server
+            .unbounded_send(Message::Text("PING".into()))
+            .unwrap();
+        assert_eq!(client.text().await, "PONG");
+        client.leave().await;
+    }
 }

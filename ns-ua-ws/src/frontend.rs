@@ -1,151 +1,117 @@
 //! The consumer of this instance's broker queue: delivers routed notifications to the live
-//! connections here, records them as sent, and only then acks the broker. UAs that are not
-//! here any more are treated as offline (woken by UDP if they can be, else left pending).
+//! connections here, records them as sent, and only then acks the broker. A UA that is not
+//! here any more is handed back to the monitor, which routes it again from fresh routes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::broker::{front_end_queue, BrokerError, QueueKind, UDP_WAKEUPS};
-use common::messages::{decode, encode, FrontEndMessage, WakeUp};
-use common::model::{DeliveryStatus, Notification, UaId};
-use common::routing::{decide, Target};
-use common::store::DeliveryUpdate;
-use futures::StreamExt;
+use common::delivery::{DeliveryStatus, DeliveryUpdate};
+use common::messages::{front_end_queue, FrontEndMessage, NewMessage, Reroute, NEW_MESSAGES};
+use common::model::UaId;
+use common::notification::Notification;
+use ns_broker::{Consumer, Handled, QueueKind};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Outbound, Queued, Shared};
+use crate::registry::{Outbound, Queued};
+use crate::{Shared, SLOW_UA_TIMEOUT};
+
+/// Deliveries of the queue handled at the same time.
+const CONCURRENCY: usize = 256;
 
 /// Consumes the instance's queue until `shutdown`.
 pub(crate) async fn consume(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let queue = front_end_queue(&shared.server_id);
-    let Some(mut subscription) =
-        common::retry::until_ok("consuming the front-end queue", &shutdown, || {
-            shared
-                .deps
-                .broker
-                .consume(&queue, QueueKind::Private, shared.settings.prefetch)
-        })
-        .await
-    else {
-        return;
+    let queue = front_end_queue(&shared.node);
+    let consumer = Consumer {
+        queue: &queue,
+        kind: QueueKind::Private,
+        prefetch: shared.settings.ws_prefetch,
+        concurrency: CONCURRENCY,
     };
-    futures::stream::poll_fn(move |cx| subscription.poll_recv(cx))
-        .take_until(shutdown.cancelled())
-        .for_each_concurrent(256, |delivery| {
+    ns_broker::consume(
+        &*shared.deps.broker,
+        consumer,
+        &shutdown,
+        |message: FrontEndMessage| {
             let shared = shared.clone();
             async move {
-                let handled = match decode::<FrontEndMessage>(&delivery.payload) {
-                    Ok(FrontEndMessage::Deliver {
+                match message {
+                    FrontEndMessage::Deliver {
                         notification,
                         targets,
-                    }) => deliver(&shared, &notification, &targets).await,
-                    Ok(FrontEndMessage::Takeover { ua, conn }) => {
-                        shared.take_over(&ua, &conn);
-                        true
+                    } => deliver(&shared, notification, targets).await,
+                    FrontEndMessage::Takeover { ua, conn } => {
+                        shared.connections.take_over(&ua, &conn);
+                        Handled::Done
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "malformed front-end message dropped");
-                        true
-                    }
-                };
-                if handled {
-                    let _ = delivery.ack().await;
-                } else {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let _ = delivery.nack().await;
                 }
             }
-        })
-        .await;
+        },
+    )
+    .await;
 }
 
-/// Delivers to the targets connected here; false if the result could not be stored (the
-/// broker message is then retried).
-async fn deliver(shared: &Shared, n: &Notification, targets: &[UaId]) -> bool {
-    // One serialization for every target.
-    let frame =
-        serde_json::to_string(&[n.to_frame(&shared.deps.notify_base_url)]).unwrap_or_default();
-    let frame = tokio_tungstenite::tungstenite::Utf8Bytes::from(frame);
+/// Delivers to the targets connected here and hands the others back to the monitor. Asks
+/// for a retry when what happened could not be stored or handed back.
+async fn deliver(shared: &Shared, n: Notification, targets: Vec<UaId>) -> Handled {
+    let frame = match serde_json::to_string(&[n.to_frame(&shared.deps.notify_base_url)]) {
+        Ok(frame) => Utf8Bytes::from(frame),
+        Err(e) => {
+            tracing::error!(error = %e, message_id = %n.message_id, "encoding a notification failed");
+            return Handled::Done;
+        }
+    };
     // One slow connection must not hold up the others of a fan-out.
-    let attempts = targets.iter().map(|ua| {
+    let attempts = targets.into_iter().map(|ua| {
         let outbound = Outbound::Notify(Box::new(Queued {
             message_id: n.message_id.clone(),
             frame: frame.clone(),
         }));
-        async move { (ua, shared.send_to(ua, outbound).await) }
+        async move {
+            let here = shared
+                .connections
+                .send_to(&ua, outbound, SLOW_UA_TIMEOUT)
+                .await;
+            (ua, here)
+        }
     });
-    let mut sent = Vec::with_capacity(targets.len());
-    let mut away = Vec::new();
-    for (ua, delivered) in futures::future::join_all(attempts).await {
-        if delivered {
-            sent.push(DeliveryUpdate {
-                message_id: n.message_id.clone(),
-                ua: ua.clone(),
-                status: DeliveryStatus::Sent,
-            });
-        } else {
-            away.push(ua.clone());
+    let (here, away): (Vec<_>, Vec<_>) = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .partition(|(_, here)| *here);
+    if !n.is_ephemeral() && !here.is_empty() {
+        let updates = DeliveryUpdate::for_ua_each(
+            here.into_iter().map(|(ua, _)| ua),
+            &n.message_id,
+            DeliveryStatus::Sent,
+        );
+        let now = shared.deps.clock.now();
+        if let Err(e) = shared.deps.store.record_deliveries(updates, now).await {
+            tracing::warn!(error = %e, "recording notifications as sent failed");
+            return Handled::Retry;
         }
     }
-    if !n.is_ephemeral() && shared.writer.write(sent).await.is_err() {
-        return false;
+    if away.is_empty() {
+        return Handled::Done;
     }
-    if away.is_empty() || n.is_ephemeral() {
-        return true;
-    }
-    // Routed here but not here: the UA moved to another instance (forward it there), or it
-    // disconnected or is too slow (offline handling).
-    let routes = match shared.deps.store.ua_routes(&away).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading routes of departed UAs failed");
-            return false;
-        }
+    // Routed here but not here: the UA moved to another front-end, disconnected, or is too
+    // slow. Where it is now is the monitor's decision.
+    let uas: Vec<UaId> = away.into_iter().map(|(ua, _)| ua).collect();
+    let count = uas.len();
+    let message = NewMessage {
+        notification: n,
+        reroute: Some(Reroute {
+            uas,
+            away_from: shared.node.clone(),
+        }),
     };
-    let mut elsewhere: HashMap<&str, Vec<UaId>> = HashMap::new();
-    let mut offline = Vec::new();
-    for route in &routes {
-        match route.node.as_deref() {
-            Some(node) if node != shared.server_id => {
-                elsewhere.entry(node).or_default().push(route.ua.clone())
-            }
-            _ => offline.push(route),
+    match ns_broker::publish(&*shared.deps.broker, NEW_MESSAGES, &message).await {
+        Ok(()) => {
+            shared.metrics.handed_back.add(count as i64);
+            Handled::Done
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "handing a notification back to the monitor failed");
+            Handled::Retry
         }
     }
-    for (node, targets) in elsewhere {
-        let message = FrontEndMessage::Deliver {
-            notification: n.clone(),
-            targets: targets.clone(),
-        };
-        match shared
-            .deps
-            .broker
-            .publish(&front_end_queue(node), encode(&message))
-            .await
-        {
-            Ok(()) => {}
-            Err(BrokerError::Unroutable(_)) => {
-                offline.extend(routes.iter().filter(|r| targets.contains(&r.ua)))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "forwarding to another front-end failed");
-                return false;
-            }
-        }
-    }
-    for route in offline {
-        if let Target::Wake(interface) = decide(route, n.priority, false, false) {
-            let wake = WakeUp {
-                ua: route.ua.clone(),
-                interface,
-                priority: n.priority,
-            };
-            if let Err(e) = shared.deps.broker.publish(UDP_WAKEUPS, encode(&wake)).await {
-                tracing::warn!(error = %e, "publishing a wake-up failed");
-                return false;
-            }
-        }
-    }
-    true
 }

@@ -5,28 +5,32 @@
 //! notifications for the UAs connected here and other instances send take-overs.
 
 mod conn;
+mod frames;
 mod frontend;
-pub mod session;
+mod registry;
+mod session;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use common::batch::DeliveryWriter;
-use common::broker::Broker;
 use common::crypto::Secret;
-use common::messages::{encode, RouteEvent};
-use common::metrics::{Metric, Registry};
-use common::model::UaId;
-use common::store::Store;
+use common::messages::RouteEvent;
+use common::model::NodeId;
+use ns_broker::Broker;
+use ns_runtime::metrics::{self, Metric};
+use ns_runtime::Clock;
+use ns_store::Store;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::reply::Response;
 use warp::{Filter, Reply};
+
+const DEFAULT_PREFETCH: u16 = 512;
+const DEFAULT_MAX_PENDING: usize = 10_000;
+const DEFAULT_PING_INTERVAL_SECS: u64 = 60;
 
 /// The settings of ns-ua-ws.
 #[derive(Args, Clone, Debug)]
@@ -36,13 +40,13 @@ pub struct Settings {
     #[arg(long, env = "NS_SERVER_ID")]
     pub server_id: Option<String>,
     /// Unacked deliveries taken from this instance's queue at once.
-    #[arg(long, env = "NS_PREFETCH", default_value_t = 512)]
-    pub prefetch: u16,
+    #[arg(long, env = "NS_WS_PREFETCH", default_value_t = DEFAULT_PREFETCH)]
+    pub ws_prefetch: u16,
     /// Most pending notifications sent right after `register/ua`.
-    #[arg(long, env = "NS_MAX_PENDING", default_value_t = 10_000)]
+    #[arg(long, env = "NS_MAX_PENDING", default_value_t = DEFAULT_MAX_PENDING)]
     pub max_pending: usize,
     /// Seconds between WebSocket pings to each idle connection.
-    #[arg(long, env = "NS_PING_INTERVAL_SECS", default_value_t = 60)]
+    #[arg(long, env = "NS_PING_INTERVAL_SECS", default_value_t = DEFAULT_PING_INTERVAL_SECS)]
     pub ping_interval_secs: u64,
 }
 
@@ -50,9 +54,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             server_id: None,
-            prefetch: 512,
-            max_pending: 10_000,
-            ping_interval_secs: 60,
+            ws_prefetch: DEFAULT_PREFETCH,
+            max_pending: DEFAULT_MAX_PENDING,
+            ping_interval_secs: DEFAULT_PING_INTERVAL_SECS,
         }
     }
 }
@@ -62,30 +66,11 @@ impl Default for Settings {
 pub struct Deps {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
-    pub registry: Registry,
+    pub registry: metrics::Registry,
+    pub clock: Clock,
     pub secret: Secret,
     /// Base of the notify URLs handed out (`{base}/notify/{appToken}`).
     pub notify_base_url: String,
-}
-
-/// What is sent to a live connection from outside its task. Kept one pointer wide: the
-/// queue of every connection, idle or not, allocates room for a block of these.
-pub(crate) enum Outbound {
-    /// One notification frame (a JSON array of one object).
-    Notify(Box<Queued>),
-    /// Close the connection: the UA registered elsewhere.
-    TakenOver,
-}
-
-pub(crate) struct Queued {
-    pub(crate) message_id: String,
-    pub(crate) frame: Utf8Bytes,
-}
-
-/// The handle of a live, registered connection.
-pub(crate) struct ConnHandle {
-    conn: String,
-    tx: tokio::sync::mpsc::Sender<Outbound>,
 }
 
 pub(crate) struct Metrics {
@@ -94,71 +79,57 @@ pub(crate) struct Metrics {
     delivered: Arc<Metric>,
     acked: Arc<Metric>,
     taken_over: Arc<Metric>,
+    handed_back: Arc<Metric>,
+}
+
+impl Metrics {
+    fn new(r: &metrics::Registry) -> Self {
+        Metrics {
+            connections: r.gauge("ns_ws_connections", "Open WebSocket connections."),
+            registered: r.counter("ns_ws_registered_total", "Successful register/ua."),
+            delivered: r.counter("ns_ws_delivered_total", "Notifications sent to UAs."),
+            acked: r.counter("ns_ws_acked_total", "Notifications acked by UAs."),
+            taken_over: r.counter(
+                "ns_ws_taken_over_total",
+                "Connections closed because their UA registered elsewhere.",
+            ),
+            handed_back: r.counter(
+                "ns_ws_handed_back_total",
+                "UA deliveries handed back to the monitor because the UA was not here.",
+            ),
+        }
+    }
 }
 
 /// State shared by every connection and the queue consumer of one instance.
 pub(crate) struct Shared {
-    server_id: String,
+    node: NodeId,
     deps: Deps,
     settings: Settings,
-    writer: DeliveryWriter,
-    conns: Mutex<HashMap<UaId, ConnHandle>>,
+    connections: registry::Registry,
     metrics: Metrics,
 }
 
 impl Shared {
-    /// Makes `conn` the live connection of `ua` here; tells an older local one to close.
-    fn attach(&self, ua: &UaId, handle: ConnHandle) {
-        let conn = handle.conn.clone();
-        let old = self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ua.clone(), handle);
-        // A connection registering its own UA again is not a take-over.
-        if let Some(old) = old.filter(|old| old.conn != conn) {
-            self.metrics.taken_over.inc();
-            let _ = old.tx.try_send(Outbound::TakenOver);
+    fn new(settings: Settings, deps: Deps) -> Self {
+        let node = NodeId::new(
+            settings
+                .server_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+        );
+        Shared {
+            node,
+            metrics: Metrics::new(&deps.registry),
+            deps,
+            settings,
+            connections: registry::Registry::default(),
         }
     }
 
-    /// Forgets `ua`'s connection if it is still `conn`.
-    fn detach(&self, ua: &UaId, conn: &str) -> bool {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        if conns.get(ua).is_some_and(|h| h.conn == conn) {
-            conns.remove(ua);
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Queues `outbound` on `ua`'s live connection, waiting a little while the connection
-    /// catches up; false if it has none here or stays too far behind (the notification then
-    /// stays pending for its next registration).
-    async fn send_to(&self, ua: &UaId, outbound: Outbound) -> bool {
-        let tx = {
-            let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-            match conns.get(ua) {
-                Some(h) => h.tx.clone(),
-                None => return false,
-            }
-        };
-        tx.send_timeout(outbound, SLOW_UA_TIMEOUT).await.is_ok()
-    }
-
-    /// Closes `ua`'s connection here if it is `conn` (a take-over from another instance).
-    fn take_over(&self, ua: &UaId, conn: &str) {
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = conns.get(ua).filter(|h| h.conn == conn) {
-            self.metrics.taken_over.inc();
-            let _ = h.tx.try_send(Outbound::TakenOver);
-        }
-    }
-
-    /// Tells the monitors a UA's route changed (best effort: their caches also expire).
+    /// Tells the monitors a route changed (best effort: their caches also expire).
     async fn route_changed(&self, event: RouteEvent) {
-        if let Err(e) = self.deps.broker.publish_event(encode(&event)).await {
+        if let Err(e) = self.deps.broker.publish_event(&event).await {
             tracing::debug!(error = %e, "publishing a route event failed");
         }
     }
@@ -199,34 +170,12 @@ pub async fn run(
     deps: Deps,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let server_id = settings
-        .server_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let r = &deps.registry;
-    let metrics = Metrics {
-        connections: r.gauge("ns_ws_connections", "Open WebSocket connections."),
-        registered: r.counter("ns_ws_registered_total", "Successful register/ua."),
-        delivered: r.counter("ns_ws_delivered_total", "Notifications sent to UAs."),
-        acked: r.counter("ns_ws_acked_total", "Notifications acked by UAs."),
-        taken_over: r.counter(
-            "ns_ws_taken_over_total",
-            "Connections closed because their UA registered elsewhere.",
-        ),
-    };
-    let shared = Arc::new(Shared {
-        server_id: server_id.clone(),
-        writer: DeliveryWriter::spawn(deps.store.clone()),
-        deps,
-        settings,
-        conns: Mutex::new(HashMap::new()),
-        metrics,
-    });
+    let shared = Arc::new(Shared::new(settings, deps));
     let tasks = TaskTracker::new();
     tasks.spawn(frontend::consume(shared.clone(), shutdown.clone()));
 
     let routes = http_routes(shared.clone());
-    tracing::info!(addr = ?listener.local_addr().ok(), server_id = %server_id, "ns-ua-ws listening");
+    tracing::info!(addr = ?listener.local_addr().ok(), server_id = %shared.node, "ns-ua-ws listening");
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -245,7 +194,7 @@ pub async fn run(
         }
     }
     drop(listener);
-    common::shutdown::drain(&tasks, Duration::from_secs(20), "closing connections").await;
+    ns_runtime::shutdown::drain(&tasks, Duration::from_secs(20), "closing connections").await;
     Ok(())
 }
 

@@ -1,193 +1,141 @@
-//! The WebSocket session state machine (§2), without I/O: parses client frames and decides,
-//! from what the connection has registered so far, whether a command may go ahead.
+//! The WebSocket session state machine (§2), without I/O: from what the connection has
+//! registered so far, it decides what each client frame leads to, which queued
+//! notifications are sent after the pending ones, and what is left to release at the end.
 
-use common::crypto::{self, PublicKey, Secret};
-use common::model::{Interface, UaId};
+use std::collections::HashSet;
+
+use common::crypto::{self, Secret};
+use common::model::{App, AppToken, Interface, MessageId, UaId};
 use common::validate::{Code, ProtocolError};
-use serde_json::Value;
 
-/// Longest watoken accepted.
-const MAX_WATOKEN: usize = 256;
-/// Most message ids in one `ack`.
-const MAX_ACK_IDS: usize = 1000;
+use crate::frames::{self, Command};
 
-/// A client frame, parsed.
+/// What the connection does with a client frame.
 #[derive(Debug, PartialEq)]
-pub enum Command {
-    /// The text frame `PING`.
-    Ping,
+pub(crate) enum Step {
+    /// Answers `PONG`.
+    Pong,
+    /// Answers with an error frame; the connection stays open.
+    Error(ProtocolError),
+    /// Answers with an error frame, then closes: a refused `register/ua`.
+    Reject(ProtocolError),
+    /// Performs this, then reports back (for `register/ua`, with [`Session::registered`]).
+    Do(Action),
+}
+
+/// The I/O a command needs, once the session has allowed it.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Action {
+    /// Store the UA as live on this connection, answer `OK`, send what it is owed.
     RegisterUa {
+        ua: UaId,
         uatoken: String,
         interface: Option<Interface>,
     },
-    RegisterWa {
-        uatoken: String,
-        watoken: String,
-        pbk: Option<PublicKeyArg>,
-    },
-    UnregisterWa {
-        uatoken: String,
-        watoken: String,
-        pbk: Option<PublicKeyArg>,
-    },
+    /// Store the app and the UA's registration for it, answer the notify URL.
+    RegisterWa { ua: UaId, app: App },
+    /// Remove the registration, answer `OK`.
+    UnregisterWa { ua: UaId, app_token: AppToken },
+    /// Record the acks; no answer.
     Ack {
-        message_ids: Vec<String>,
+        ua: UaId,
+        message_ids: Vec<MessageId>,
     },
 }
 
-/// A parsed `pbkbase64` (compared by its normalized PEM).
-#[derive(Debug, Clone)]
-pub struct PublicKeyArg(pub PublicKey);
-
-impl PartialEq for PublicKeyArg {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.pem() == other.0.pem()
-    }
-}
-
-fn err(code: Code, reason: &'static str) -> ProtocolError {
-    ProtocolError::new(code, reason)
-}
-
-/// Parses one text frame.
-pub fn parse(text: &str) -> Result<Command, ProtocolError> {
-    if text.trim() == "PING" {
-        return Ok(Command::Ping);
-    }
-    let value: Value =
-        serde_json::from_str(text).map_err(|_| err(Code::BadJson, "frame is not valid JSON"))?;
-    let command = value
-        .get("command")
-        .and_then(Value::as_str)
-        .ok_or_else(|| err(Code::MethodNotAllowed, "no command"))?;
-    let empty = serde_json::Map::new();
-    let data = match value.get("data") {
-        Some(Value::Object(map)) => map,
-        None | Some(Value::Null) => &empty,
-        Some(_) => return Err(err(Code::Generic, "data must be an object")),
-    };
-    let uatoken = || match data.get("uatoken") {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        _ => Err(err(Code::NoUaToken, "no uatoken sent")),
-    };
-    let watoken = || match data.get("watoken") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_WATOKEN => Ok(s.clone()),
-        _ => Err(err(Code::BadWaToken, "watoken missing or not valid")),
-    };
-    let pbk = || match data.get("pbkbase64") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => PublicKey::from_base64(s)
-            .map(|k| Some(PublicKeyArg(k)))
-            .map_err(|_| {
-                err(
-                    Code::BadPublicKey,
-                    "pbkbase64 is not a valid RSA public key",
-                )
-            }),
-        Some(_) => Err(err(Code::BadPublicKey, "pbkbase64 must be a string")),
-    };
-    match command {
-        "register/ua" => Ok(Command::RegisterUa {
-            uatoken: uatoken()?,
-            interface: parse_interface(data.get("interface"))?,
-        }),
-        "register/wa" => Ok(Command::RegisterWa {
-            uatoken: uatoken()?,
-            watoken: watoken()?,
-            pbk: pbk()?,
-        }),
-        "unregister/wa" => Ok(Command::UnregisterWa {
-            uatoken: uatoken()?,
-            watoken: watoken()?,
-            pbk: pbk()?,
-        }),
-        "ack" => Ok(Command::Ack {
-            message_ids: parse_ack(data)?,
-        }),
-        _ => Err(err(Code::MethodNotAllowed, "command not recognized")),
-    }
-}
-
-/// True when a frame that failed to parse was a `register/ua` (its rejection closes).
-pub fn names_register_ua(text: &str) -> bool {
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .is_some_and(|v| v.get("command").and_then(Value::as_str) == Some("register/ua"))
-}
-
-fn parse_interface(value: Option<&Value>) -> Result<Option<Interface>, ProtocolError> {
-    let bad = || {
-        err(
-            Code::BadField,
-            "interface must be {\"ip\": \"...\", \"port\": N}",
-        )
-    };
-    let obj = match value {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Object(obj)) => obj,
-        Some(_) => return Err(bad()),
-    };
-    let ip = obj
-        .get("ip")
-        .and_then(Value::as_str)
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(bad)?;
-    // The original clients send the port as a string.
-    let port = match obj.get("port") {
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
-    }
-    .filter(|p| (1..=65535).contains(p))
-    .ok_or_else(bad)?;
-    Ok(Some(Interface {
-        ip,
-        port: port as u16,
-    }))
-}
-
-fn parse_ack(data: &serde_json::Map<String, Value>) -> Result<Vec<String>, ProtocolError> {
-    let bad = || {
-        err(
-            Code::Generic,
-            "ack needs messageId (string) or messageIds (array of strings)",
-        )
-    };
-    let ids: Vec<String> = match (data.get("messageId"), data.get("messageIds")) {
-        (Some(Value::String(id)), None) => vec![id.clone()],
-        (None, Some(Value::Array(ids))) => ids
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect::<Option<_>>()
-            .ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    if ids.len() > MAX_ACK_IDS {
-        return Err(err(Code::TooBig, "too many message ids in one ack"));
-    }
-    Ok(ids)
+/// How the server ends a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// A `register/ua` was refused.
+    Rejected,
+    /// The UA registered on another connection.
+    TakenOver,
+    /// The server is shutting down.
+    GoingAway,
 }
 
 /// What a connection has registered.
 #[derive(Debug, Default)]
-pub struct Session {
-    ua: Option<(String, UaId)>,
+pub(crate) struct Session {
+    registered: Option<(String, UaId)>,
+    /// The notifications sent right after `OK`, while the ones routed here meanwhile are
+    /// drained: those must not go twice.
+    sent_after_ok: HashSet<MessageId>,
 }
 
 impl Session {
     /// The UA registered on this connection, if any.
-    pub fn ua(&self) -> Option<&UaId> {
-        self.ua.as_ref().map(|(_, id)| id)
+    pub(crate) fn ua(&self) -> Option<&UaId> {
+        self.registered.as_ref().map(|(_, ua)| ua)
     }
 
-    /// Checks a `register/ua`: the token must be genuine, and a connection holds one UA.
-    /// Returns the UA's id; the caller calls [`Session::registered`] once it is stored.
-    pub fn check_register_ua(&self, secret: &Secret, uatoken: &str) -> Result<UaId, ProtocolError> {
-        let ua = crypto::verify_uatoken(secret, uatoken)
-            .ok_or_else(|| err(Code::BadUaToken, "uatoken not valid; get a new one"))?;
-        match &self.ua {
-            Some((_, current)) if *current != ua => Err(err(
+    /// A text frame.
+    pub(crate) fn on_text(&self, text: &str, secret: &Secret) -> Step {
+        match frames::parse(text) {
+            Ok(command) => self.on_command(command, secret),
+            Err(rejected) if rejected.register_ua => Step::Reject(rejected.error),
+            Err(rejected) => Step::Error(rejected.error),
+        }
+    }
+
+    /// A binary frame: the protocol has none.
+    pub(crate) fn on_binary(&self) -> Step {
+        Step::Error(ProtocolError::new(
+            Code::Binary,
+            "binary frames not supported",
+        ))
+    }
+
+    fn on_command(&self, command: Command, secret: &Secret) -> Step {
+        let result = match command {
+            Command::Ping => return Step::Pong,
+            Command::RegisterUa { uatoken, interface } => {
+                return match self.check_register_ua(secret, &uatoken) {
+                    Ok(ua) => Step::Do(Action::RegisterUa {
+                        ua,
+                        uatoken,
+                        interface,
+                    }),
+                    Err(e) => Step::Reject(e),
+                }
+            }
+            Command::RegisterWa {
+                uatoken,
+                watoken,
+                pbk,
+            } => self.check_same_ua(&uatoken).map(|ua| {
+                let pbk = pbk.map(|k| k.0);
+                Action::RegisterWa {
+                    ua,
+                    app: App {
+                        app_token: crypto::app_token(secret, &watoken, pbk.as_ref()),
+                        pbk: pbk.map(|k| k.pem().to_owned()),
+                    },
+                }
+            }),
+            Command::UnregisterWa {
+                uatoken,
+                watoken,
+                pbk,
+            } => self.check_same_ua(&uatoken).map(|ua| Action::UnregisterWa {
+                ua,
+                app_token: crypto::app_token(secret, &watoken, pbk.map(|k| k.0).as_ref()),
+            }),
+            Command::Ack { message_ids } => self
+                .check_any_ua()
+                .map(|ua| Action::Ack { ua, message_ids }),
+        };
+        result.map_or_else(Step::Error, Step::Do)
+    }
+
+    /// The token must be genuine, and a connection holds one UA (the same token again is
+    /// fine: a client may register again).
+    fn check_register_ua(&self, secret: &Secret, uatoken: &str) -> Result<UaId, ProtocolError> {
+        let ua = crypto::verify_uatoken(secret, uatoken).ok_or_else(|| {
+            ProtocolError::new(Code::BadUaToken, "uatoken not valid; get a new one")
+        })?;
+        match &self.registered {
+            Some((_, current)) if *current != ua => Err(ProtocolError::new(
                 Code::Generic,
                 "this connection already holds another uatoken",
             )),
@@ -195,170 +143,195 @@ impl Session {
         }
     }
 
-    pub fn registered(&mut self, uatoken: &str, ua: UaId) {
-        self.ua = Some((uatoken.to_owned(), ua));
-    }
-
-    /// Checks that `uatoken` is the one registered on this connection (for WA commands).
-    pub fn check_same_ua(&self, uatoken: &str) -> Result<UaId, ProtocolError> {
-        match &self.ua {
+    /// WA commands name the uatoken registered on this connection.
+    fn check_same_ua(&self, uatoken: &str) -> Result<UaId, ProtocolError> {
+        match &self.registered {
             Some((token, ua)) if token == uatoken => Ok(ua.clone()),
-            _ => Err(err(
-                Code::NoUaRegistered,
-                "no uatoken registered on this connection",
-            )),
+            _ => Err(not_registered()),
         }
     }
 
-    /// Checks that some UA is registered (for acks).
-    pub fn check_any_ua(&self) -> Result<UaId, ProtocolError> {
-        self.ua.as_ref().map(|(_, ua)| ua.clone()).ok_or_else(|| {
-            err(
-                Code::NoUaRegistered,
-                "no uatoken registered on this connection",
-            )
-        })
+    /// Acks need some UA registered.
+    fn check_any_ua(&self) -> Result<UaId, ProtocolError> {
+        self.ua().cloned().ok_or_else(not_registered)
     }
+
+    /// The `register/ua` was stored: the connection holds `ua` now.
+    pub(crate) fn registered(&mut self, uatoken: String, ua: UaId) {
+        self.registered = Some((uatoken, ua));
+    }
+
+    /// These were sent right after `OK`; what is drained from the queue next is checked
+    /// against them with [`Session::is_new`].
+    pub(crate) fn sent_after_ok(&mut self, ids: impl IntoIterator<Item = MessageId>) {
+        self.sent_after_ok = ids.into_iter().collect();
+    }
+
+    /// Whether a notification routed here during the pending send still needs sending.
+    pub(crate) fn is_new(&self, id: &MessageId) -> bool {
+        !self.sent_after_ok.contains(id)
+    }
+
+    /// The queue is drained: from now on everything routed here is new.
+    pub(crate) fn drained(&mut self) {
+        self.sent_after_ok = HashSet::new();
+    }
+
+    /// The UA registered on another connection, which owns it now: this one closes with
+    /// nothing to release.
+    pub(crate) fn taken_over(&mut self) -> Close {
+        self.registered = None;
+        Close::TakenOver
+    }
+
+    /// What to release when the connection ends: the UA it still holds.
+    pub(crate) fn into_release(self) -> Option<UaId> {
+        self.registered.map(|(_, ua)| ua)
+    }
+}
+
+fn not_registered() -> ProtocolError {
+    ProtocolError::new(
+        Code::NoUaRegistered,
+        "no uatoken registered on this connection",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn code(text: &str) -> Code {
-        parse(text).unwrap_err().code
+    fn secret() -> Secret {
+        Secret::new("0123456789abcdef")
+    }
+
+    fn frame(command: &str, data: serde_json::Value) -> String {
+        json!({"command": command, "data": data}).to_string()
+    }
+
+    fn code(step: Step) -> (bool, Code) {
+        match step {
+            Step::Error(e) => (false, e.code),
+            Step::Reject(e) => (true, e.code),
+            other => panic!("not an error: {other:?}"),
+        }
     }
 
     #[test]
-    fn parses_every_command() {
-        assert_eq!(parse("PING").unwrap(), Command::Ping);
-        assert_eq!(
-            parse(r#"{"command":"register/ua","data":{"uatoken":"t","interface":{"ip":"10.0.0.1","port":"5000"}}}"#)
-                .unwrap(),
-            Command::RegisterUa {
-                uatoken: "t".into(),
-                interface: Some(Interface {
-                    ip: "10.0.0.1".parse().unwrap(),
-                    port: 5000
-                })
-            }
-        );
-        assert_eq!(
-            parse(r#"{"command":"register/wa","data":{"uatoken":"t","watoken":"w"}}"#).unwrap(),
-            Command::RegisterWa {
-                uatoken: "t".into(),
-                watoken: "w".into(),
-                pbk: None
-            }
-        );
-        assert!(matches!(
-            parse(r#"{"command":"unregister/wa","data":{"uatoken":"t","watoken":"w"}}"#),
-            Ok(Command::UnregisterWa { .. })
-        ));
-        assert_eq!(
-            parse(r#"{"command":"ack","data":{"messageIds":["a","b"]}}"#).unwrap(),
-            Command::Ack {
-                message_ids: vec!["a".into(), "b".into()]
-            }
-        );
-        assert_eq!(
-            parse(r#"{"command":"ack","data":{"messageId":"a"}}"#).unwrap(),
-            Command::Ack {
-                message_ids: vec!["a".into()]
-            }
-        );
-    }
-
-    #[test]
-    fn bad_frames_get_their_codes() {
-        assert_eq!(code("{"), Code::BadJson);
-        assert_eq!(code(r#"{"data":{}}"#), Code::MethodNotAllowed);
-        assert_eq!(code(r#"{"command":"fly"}"#), Code::MethodNotAllowed);
-        assert_eq!(
-            code(r#"{"command":"register/ua","data":{}}"#),
-            Code::NoUaToken
-        );
-        assert_eq!(
-            code(
-                r#"{"command":"register/ua","data":{"uatoken":"t","interface":{"ip":"x","port":1}}}"#
-            ),
-            Code::BadField
-        );
-        assert_eq!(
-            code(
-                r#"{"command":"register/ua","data":{"uatoken":"t","interface":{"ip":"1.2.3.4","port":70000}}}"#
-            ),
-            Code::BadField
-        );
-        assert_eq!(
-            code(r#"{"command":"register/wa","data":{"uatoken":"t"}}"#),
-            Code::BadWaToken
-        );
-        assert_eq!(
-            code(
-                r#"{"command":"register/wa","data":{"uatoken":"t","watoken":"w","pbkbase64":"nope"}}"#
-            ),
-            Code::BadPublicKey
-        );
-        assert_eq!(
-            code(r#"{"command":"ack","data":{"messageIds":[1]}}"#),
-            Code::Generic
-        );
-        assert_eq!(code(r#"{"command":"ack","data":{}}"#), Code::Generic);
-    }
-
-    #[test]
-    fn a_bad_register_ua_is_recognised() {
-        assert!(names_register_ua(r#"{"command":"register/ua","data":{}}"#));
-        assert!(!names_register_ua(
-            r#"{"command":"register/wa","data":{"x":"register/ua"}}"#
-        ));
-        assert!(!names_register_ua("{register/ua"));
-    }
-
-    #[test]
-    fn wa_commands_need_the_registered_ua() {
-        let secret = Secret::new("0123456789abcdef");
-        let token = crypto::new_uatoken(&secret);
-        let mut session = Session::default();
-        assert_eq!(
-            session.check_same_ua(&token).unwrap_err().code,
-            Code::NoUaRegistered
-        );
-        assert_eq!(
-            session.check_any_ua().unwrap_err().code,
-            Code::NoUaRegistered
-        );
-
-        let ua = session.check_register_ua(&secret, &token).unwrap();
-        session.registered(&token, ua.clone());
-        assert_eq!(session.check_same_ua(&token).unwrap(), ua);
-        assert_eq!(session.ua(), Some(&ua));
-
-        let other = crypto::new_uatoken(&secret);
-        assert_eq!(
-            session.check_same_ua(&other).unwrap_err().code,
-            Code::NoUaRegistered
-        );
-        assert_eq!(
-            session.check_register_ua(&secret, &other).unwrap_err().code,
-            Code::Generic
-        );
-        // The same token again is fine (a client may re-register).
-        assert!(session.check_register_ua(&secret, &token).is_ok());
-    }
-
-    #[test]
-    fn forged_tokens_are_refused() {
-        let secret = Secret::new("0123456789abcdef");
-        let forged = crypto::new_uatoken(&Secret::new("another secret!!"));
+    fn register_ua_needs_a_genuine_token_and_its_refusal_closes() {
         let session = Session::default();
+        let token = crypto::new_uatoken(&secret());
+        let Step::Do(Action::RegisterUa { ua, uatoken, .. }) =
+            session.on_text(&frame("register/ua", json!({"uatoken": token})), &secret())
+        else {
+            panic!("a genuine token registers");
+        };
+        assert_eq!(uatoken, token);
+        assert_eq!(Some(ua), crypto::verify_uatoken(&secret(), &token));
+
+        let forged = crypto::new_uatoken(&Secret::new("another secret!!"));
+        let step = session.on_text(&frame("register/ua", json!({"uatoken": forged})), &secret());
+        assert_eq!(code(step), (true, Code::BadUaToken));
+        let step = session.on_text(&frame("register/ua", json!({})), &secret());
         assert_eq!(
-            session
-                .check_register_ua(&secret, &forged)
-                .unwrap_err()
-                .code,
-            Code::BadUaToken
+            code(step),
+            (true, Code::NoUaToken),
+            "a bad register/ua is still one"
         );
+    }
+
+    #[test]
+    fn wa_commands_and_acks_need_the_registered_ua() {
+        let mut session = Session::default();
+        let token = crypto::new_uatoken(&secret());
+        let wa = frame("register/wa", json!({"uatoken": token, "watoken": "w"}));
+        let ack = frame("ack", json!({"messageId": "m"}));
+        assert_eq!(
+            code(session.on_text(&wa, &secret())),
+            (false, Code::NoUaRegistered)
+        );
+        assert_eq!(
+            code(session.on_text(&ack, &secret())),
+            (false, Code::NoUaRegistered)
+        );
+
+        let ua = crypto::ua_id(&token);
+        session.registered(token.clone(), ua.clone());
+        assert_eq!(session.ua(), Some(&ua));
+        let Step::Do(Action::RegisterWa { ua: for_ua, app }) = session.on_text(&wa, &secret())
+        else {
+            panic!("register/wa goes ahead");
+        };
+        assert_eq!(for_ua, ua);
+        assert_eq!(app.app_token, crypto::app_token(&secret(), "w", None));
+        assert_eq!(
+            session.on_text(&ack, &secret()),
+            Step::Do(Action::Ack {
+                ua: ua.clone(),
+                message_ids: vec![MessageId::new("m")]
+            })
+        );
+        let unregister = frame("unregister/wa", json!({"uatoken": token, "watoken": "w"}));
+        assert_eq!(
+            session.on_text(&unregister, &secret()),
+            Step::Do(Action::UnregisterWa {
+                ua: ua.clone(),
+                app_token: app.app_token
+            })
+        );
+
+        // Another genuine token: not the one this connection holds.
+        let other = crypto::new_uatoken(&secret());
+        let wa = frame("register/wa", json!({"uatoken": other, "watoken": "w"}));
+        assert_eq!(
+            code(session.on_text(&wa, &secret())),
+            (false, Code::NoUaRegistered)
+        );
+        let again = frame("register/ua", json!({"uatoken": other}));
+        assert_eq!(
+            code(session.on_text(&again, &secret())),
+            (true, Code::Generic)
+        );
+        let same = frame("register/ua", json!({"uatoken": token}));
+        assert!(matches!(
+            session.on_text(&same, &secret()),
+            Step::Do(Action::RegisterUa { .. })
+        ));
+    }
+
+    #[test]
+    fn other_frames() {
+        let session = Session::default();
+        assert_eq!(session.on_text("PING", &secret()), Step::Pong);
+        assert_eq!(
+            code(session.on_text("{", &secret())),
+            (false, Code::BadJson)
+        );
+        assert_eq!(code(session.on_binary()), (false, Code::Binary));
+    }
+
+    #[test]
+    fn what_was_sent_after_ok_is_not_sent_again_until_drained() {
+        let mut session = Session::default();
+        session.sent_after_ok([MessageId::new("a"), MessageId::new("b")]);
+        assert!(!session.is_new(&MessageId::new("a")));
+        assert!(session.is_new(&MessageId::new("c")));
+        session.drained();
+        assert!(session.is_new(&MessageId::new("a")));
+    }
+
+    #[test]
+    fn a_taken_over_connection_releases_nothing() {
+        let token = crypto::new_uatoken(&secret());
+        let ua = crypto::ua_id(&token);
+        let mut session = Session::default();
+        session.registered(token.clone(), ua.clone());
+        let mut kept = Session::default();
+        kept.registered(token, ua.clone());
+        assert_eq!(kept.into_release(), Some(ua));
+        assert_eq!(session.taken_over(), Close::TakenOver);
+        assert_eq!(session.into_release(), None);
+        assert_eq!(Session::default().into_release(), None);
     }
 }

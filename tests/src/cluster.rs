@@ -1,10 +1,27 @@
-//! Starting and stopping the server processes of one test.
+//! The server of one test: every service started with its `run(...)` in this process on
+//! port-0 listeners, except the roles a test wants as real processes of their binaries.
+//!
+//! In the distributed mode each service gets its own MongoDB and RabbitMQ connections, as
+//! separate processes would, in a database and under a queue prefix of its own; both are
+//! removed when the cluster is dropped. The one-process mode runs `ns-standalone`'s library
+//! on a temporary data directory.
 
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
+
+use common::messages::{NEW_MESSAGES, UDP_WAKEUPS};
+use ns_broker::Broker;
+use ns_broker_amqp::AmqpBroker;
+use ns_runtime::metrics::Registry;
+use ns_runtime::Clock;
+use ns_store::Store;
+use ns_store_mongo::MongoStore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::process::Proc;
 
 /// Which deployment a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,27 +32,55 @@ pub enum Backend {
     Embedded,
 }
 
+/// A part of the server a test may run as a process of its binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// ns-as.
+    Notify,
+    /// ns-msg-monitor.
+    Monitor,
+    /// The n-th ns-ua-ws.
+    FrontEnd(usize),
+    /// ns-ua-udp.
+    Wakeup,
+    /// The whole one-process server.
+    Standalone,
+}
+
 /// Knobs a test may turn.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     /// Number of ns-ua-ws instances (distributed mode).
     pub ws_instances: usize,
-    /// Extra arguments for ns-as (or ns-standalone).
-    pub as_args: Vec<String>,
-    /// Extra arguments for ns-ua-udp (or ns-standalone).
-    pub udp_args: Vec<String>,
+    pub notify: ns_as::Settings,
+    pub wakeup: ns_ua_udp::Settings,
     /// MongoDB URL override (distributed mode).
     pub mongo_url: Option<String>,
+    /// The time the in-process services go by.
+    pub clock: Clock,
+    /// Roles run as child processes of these binaries instead of in this process.
+    pub processes: Vec<(Role, PathBuf)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             ws_instances: 1,
-            as_args: Vec::new(),
-            udp_args: Vec::new(),
+            notify: ns_as::Settings::default(),
+            wakeup: ns_ua_udp::Settings::default(),
             mongo_url: None,
+            clock: Clock::system(),
+            processes: Vec::new(),
         }
+    }
+}
+
+impl Options {
+    fn binary(&self, role: Role) -> Option<PathBuf> {
+        self.processes
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, path)| path.clone())
     }
 }
 
@@ -48,145 +93,46 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// Builds the binaries of `packages` (once per test run each) and returns the directory
-/// they are in.
-fn bin_dir(packages: &'static [&'static str]) -> PathBuf {
-    static BUILT: Mutex<Vec<&'static [&'static str]>> = Mutex::new(Vec::new());
-    {
-        // Held while building: cargo would serialize concurrent builds anyway.
-        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-        if !built.contains(&packages) {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let mut command = Command::new(cargo);
-            command
-                .current_dir(&workspace)
-                .args(["build", "--quiet", "--bins"]);
-            for p in packages {
-                command.args(["-p", p]);
-            }
-            let status = command
-                .status()
-                .expect("running cargo build for the binaries");
-            assert!(status.success(), "building {packages:?} failed");
-            built.push(packages);
-        }
-    }
-    // This test binary is target/<profile>/deps/<name>; the other binaries are one up.
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory")
-        .to_path_buf()
+/// A listening socket on a port of the kernel's choosing.
+fn listener() -> std::net::TcpListener {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
+    listener
 }
 
-/// The load generator, built like the servers.
-pub fn bench_bin() -> PathBuf {
-    bin_dir(&["ns-bench"]).join("ns-bench")
+fn url_of(listener: &std::net::TcpListener) -> String {
+    let addr: SocketAddr = listener.local_addr().expect("a bound listener");
+    format!("http://{addr}")
 }
 
-const DISTRIBUTED_BINS: &[&str] = &["ns-as", "ns-msg-monitor", "ns-ua-ws", "ns-ua-udp"];
-const EMBEDDED_BINS: &[&str] = &["ns-standalone"];
-
-/// A free TCP port on loopback.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port")
+fn tokio_listener(listener: std::net::TcpListener) -> tokio::net::TcpListener {
+    tokio::net::TcpListener::from_std(listener).expect("a tokio listener")
 }
 
-/// One server process; killed when dropped.
-pub struct Proc {
-    pub name: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    child: Option<Child>,
+/// The database and queue names of a distributed cluster, removed at the end.
+#[derive(Clone)]
+struct Namespace {
+    mongo_url: String,
+    db: String,
+    prefix: String,
 }
 
-impl Proc {
-    fn spawn(name: &str, args: Vec<String>, env: Vec<(String, String)>) -> Proc {
-        let mut p = Proc {
-            name: name.to_owned(),
-            args,
-            env,
-            child: None,
-        };
-        p.start();
-        p
-    }
-
-    /// Starts (again) with the same arguments.
-    pub fn start(&mut self) {
-        let log = std::env::var("NS_TEST_LOG").is_ok();
-        let packages = if self.name == "ns-standalone" {
-            EMBEDDED_BINS
-        } else {
-            DISTRIBUTED_BINS
-        };
-        let child = Command::new(bin_dir(packages).join(&self.name))
-            .args(&self.args)
-            .envs(self.env.iter().cloned())
-            .env(
-                "RUST_LOG",
-                std::env::var("NS_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
-        self.child = Some(child);
-    }
-
-    /// SIGKILL: the process gets no chance to clean up.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, then waits for the exit; returns the exit status.
-    pub async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let end = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if tokio::time::Instant::now() > end {
-                let _ = child.kill();
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The processes of one test and where they listen.
+/// The server of one test.
 pub struct Cluster {
     pub backend: Backend,
-    pub procs: Vec<Proc>,
     /// `http://127.0.0.1:PORT` of each ns-ua-ws (the WebSocket is at `ws://` on the same port).
     pub ws: Vec<String>,
     pub as_url: String,
     pub udp_url: String,
-    pub monitor_url: Option<String>,
+    pub monitor_url: String,
     pub secret: String,
-    /// Data directory of the embedded mode.
+    procs: Vec<(Role, Proc)>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    namespace: Option<Namespace>,
+    /// Data directory of the one-process mode.
     pub data_dir: Option<tempfile::TempDir>,
 }
 
@@ -198,101 +144,278 @@ impl Cluster {
     pub async fn start_with(backend: Backend, options: Options) -> Cluster {
         let secret = format!("test-secret-{}", uuid::Uuid::new_v4().simple());
         let cluster = match backend {
-            Backend::Distributed => Self::distributed(options, secret),
-            Backend::Embedded => Self::embedded(options, secret),
+            Backend::Distributed => Self::distributed(options, secret).await,
+            Backend::Embedded => Self::embedded(options, secret).await,
         };
         cluster.wait_healthy().await;
         cluster
     }
 
-    fn distributed(options: Options, secret: String) -> Cluster {
+    async fn distributed(options: Options, secret: String) -> Cluster {
         let unique = uuid::Uuid::new_v4().simple().to_string();
-        let as_port = free_port();
-        let env = vec![
-            ("NS_SECRET".to_owned(), secret.clone()),
-            (
-                "NS_MONGO_URL".to_owned(),
-                options.mongo_url.clone().unwrap_or_else(mongo_url),
-            ),
-            ("NS_MONGO_DB".to_owned(), format!("t{}", &unique[..16])),
-            ("NS_AMQP_URL".to_owned(), amqp_url()),
-            ("NS_AMQP_PREFIX".to_owned(), format!("t{}.", &unique[..16])),
-            (
-                "NS_NOTIFY_BASE_URL".to_owned(),
-                format!("http://127.0.0.1:{as_port}"),
-            ),
-        ];
-        let listen = |port: u16| vec!["--listen".to_owned(), format!("127.0.0.1:{port}")];
-        let mut procs = Vec::new();
-
-        let monitor_port = free_port();
-        let mut args = listen(monitor_port);
-        // Sweep often so the tests of lost routes don't wait long.
-        args.extend(["--sweep-interval-secs", "1", "--sweep-min-age-secs", "2"].map(String::from));
-        procs.push(Proc::spawn("ns-msg-monitor", args, env.clone()));
-
-        let mut args = listen(as_port);
-        args.extend(options.as_args.iter().cloned());
-        procs.push(Proc::spawn("ns-as", args, env.clone()));
-
-        let mut ws = Vec::new();
-        for i in 0..options.ws_instances.max(1) {
-            let port = free_port();
-            let mut args = listen(port);
-            args.extend(["--server-id".to_owned(), format!("ws{i}-{}", &unique[..8])]);
-            procs.push(Proc::spawn("ns-ua-ws", args, env.clone()));
-            ws.push(format!("http://127.0.0.1:{port}"));
-        }
-
-        let udp_port = free_port();
-        let mut args = listen(udp_port);
-        args.extend(options.udp_args.iter().cloned());
-        procs.push(Proc::spawn("ns-ua-udp", args, env));
-
-        Cluster {
+        let namespace = Namespace {
+            mongo_url: options.mongo_url.clone().unwrap_or_else(mongo_url),
+            db: format!("t{}", &unique[..16]),
+            prefix: format!("t{}.", &unique[..16]),
+        };
+        let (notify, monitor, wakeup) = (listener(), listener(), listener());
+        let front_ends: Vec<_> = (0..options.ws_instances.max(1))
+            .map(|_| listener())
+            .collect();
+        let notify_base_url = url_of(&notify);
+        let mut cluster = Cluster {
             backend: Backend::Distributed,
-            procs,
-            ws,
-            as_url: format!("http://127.0.0.1:{as_port}"),
-            udp_url: format!("http://127.0.0.1:{udp_port}"),
-            monitor_url: Some(format!("http://127.0.0.1:{monitor_port}")),
-            secret,
+            ws: front_ends.iter().map(url_of).collect(),
+            as_url: notify_base_url.clone(),
+            udp_url: url_of(&wakeup),
+            monitor_url: url_of(&monitor),
+            secret: secret.clone(),
+            procs: Vec::new(),
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
+            namespace: Some(namespace.clone()),
             data_dir: None,
+        };
+        let env = |extra: &[(&str, String)]| -> Vec<(String, String)> {
+            let mut env = vec![
+                ("NS_SECRET", secret.clone()),
+                ("NS_MONGO_URL", namespace.mongo_url.clone()),
+                ("NS_MONGO_DB", namespace.db.clone()),
+                ("NS_AMQP_URL", amqp_url()),
+                ("NS_AMQP_PREFIX", namespace.prefix.clone()),
+                ("NS_NOTIFY_BASE_URL", notify_base_url.clone()),
+            ];
+            env.extend(extra.iter().cloned());
+            env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+        };
+        // Waited for, as the binaries do: a server started by the test may still be coming up.
+        let connect = || async {
+            let store =
+                crate::eventually("MongoDB at NS_TEST_MONGO_URL", CONNECT_DEADLINE, || async {
+                    MongoStore::connect(&namespace.mongo_url, &namespace.db)
+                        .await
+                        .ok()
+                })
+                .await;
+            let broker =
+                crate::eventually("RabbitMQ at NS_TEST_AMQP_URL", CONNECT_DEADLINE, || async {
+                    AmqpBroker::connect(&amqp_url(), &namespace.prefix)
+                        .await
+                        .ok()
+                })
+                .await;
+            let store: Arc<dyn Store> = Arc::new(store);
+            let broker: Arc<dyn Broker> = Arc::new(broker);
+            (store, broker)
+        };
+        let clock = options.clock.clone();
+
+        // Sweep often, so that the tests of lost routes don't wait long.
+        let (sweep_interval, sweep_min_age) = (1, 2);
+        match options.binary(Role::Monitor) {
+            Some(binary) => {
+                let env = env(&[
+                    ("NS_SWEEP_INTERVAL_SECS", sweep_interval.to_string()),
+                    ("NS_SWEEP_MIN_AGE_SECS", sweep_min_age.to_string()),
+                ]);
+                cluster.spawn(Role::Monitor, &binary, env, vec![monitor]);
+            }
+            None => {
+                let (store, broker) = connect().await;
+                let settings = ns_msg_monitor::Settings {
+                    sweep_interval_secs: sweep_interval,
+                    sweep_min_age_secs: sweep_min_age,
+                    ..Default::default()
+                };
+                let deps = ns_msg_monitor::Deps {
+                    store,
+                    broker,
+                    registry: Registry::default(),
+                    clock: clock.clone(),
+                };
+                let run = ns_msg_monitor::run(
+                    settings,
+                    tokio_listener(monitor),
+                    deps,
+                    cluster.shutdown.clone(),
+                );
+                cluster.in_process(run);
+            }
         }
+
+        match options.binary(Role::Notify) {
+            Some(binary) => {
+                let mut extra = vec![
+                    ("NS_RATE_LIMIT", options.notify.rate_limit.to_string()),
+                    ("NS_RATE_BURST", options.notify.rate_burst.to_string()),
+                ];
+                extra.push((
+                    "NS_MAX_MESSAGE_BYTES",
+                    options.notify.max_message_bytes.to_string(),
+                ));
+                cluster.spawn(Role::Notify, &binary, env(&extra), vec![notify]);
+            }
+            None => {
+                let (store, broker) = connect().await;
+                let deps = ns_as::Deps {
+                    store,
+                    broker,
+                    registry: Registry::default(),
+                    clock: clock.clone(),
+                };
+                let run = ns_as::run(
+                    options.notify.clone(),
+                    tokio_listener(notify),
+                    deps,
+                    cluster.shutdown.clone(),
+                );
+                cluster.in_process(run);
+            }
+        }
+
+        for (i, listener) in front_ends.into_iter().enumerate() {
+            let server_id = format!("ws{i}-{}", &unique[..8]);
+            match options.binary(Role::FrontEnd(i)) {
+                Some(binary) => {
+                    let env = env(&[("NS_SERVER_ID", server_id)]);
+                    cluster.spawn(Role::FrontEnd(i), &binary, env, vec![listener]);
+                }
+                None => {
+                    let (store, broker) = connect().await;
+                    let settings = ns_ua_ws::Settings {
+                        server_id: Some(server_id),
+                        ..Default::default()
+                    };
+                    let deps = ns_ua_ws::Deps {
+                        store,
+                        broker,
+                        registry: Registry::default(),
+                        clock: clock.clone(),
+                        secret: common::crypto::Secret::new(secret.as_bytes()),
+                        notify_base_url: notify_base_url.clone(),
+                    };
+                    let run = ns_ua_ws::run(
+                        settings,
+                        tokio_listener(listener),
+                        deps,
+                        cluster.shutdown.clone(),
+                    );
+                    cluster.in_process(run);
+                }
+            }
+        }
+
+        match options.binary(Role::Wakeup) {
+            Some(binary) => {
+                let extra = [
+                    (
+                        "NS_WAKEUP_INTERVAL_SECS",
+                        options.wakeup.wakeup_interval_secs.to_string(),
+                    ),
+                    (
+                        "NS_COALESCE_WINDOW_SECS",
+                        options.wakeup.coalesce_window_secs.to_string(),
+                    ),
+                ];
+                cluster.spawn(Role::Wakeup, &binary, env(&extra), vec![wakeup]);
+            }
+            None => {
+                let (store, broker) = connect().await;
+                let deps = ns_ua_udp::Deps {
+                    store,
+                    broker,
+                    registry: Registry::default(),
+                    clock,
+                    secret: common::crypto::Secret::new(secret.as_bytes()),
+                    notify_base_url: notify_base_url.clone(),
+                };
+                let run = ns_ua_udp::run(
+                    options.wakeup.clone(),
+                    tokio_listener(wakeup),
+                    deps,
+                    cluster.shutdown.clone(),
+                );
+                cluster.in_process(run);
+            }
+        }
+        cluster
     }
 
-    fn embedded(options: Options, secret: String) -> Cluster {
+    async fn embedded(options: Options, secret: String) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary data directory");
-        let (ws_port, as_port, udp_port, monitor_port) =
-            (free_port(), free_port(), free_port(), free_port());
-        let mut args: Vec<String> = vec![
-            "--data-dir".into(),
-            dir.path().display().to_string(),
-            "--ws-listen".into(),
-            format!("127.0.0.1:{ws_port}"),
-            "--as-listen".into(),
-            format!("127.0.0.1:{as_port}"),
-            "--udp-listen".into(),
-            format!("127.0.0.1:{udp_port}"),
-            "--monitor-listen".into(),
-            format!("127.0.0.1:{monitor_port}"),
-            "--notify-base-url".into(),
-            format!("http://127.0.0.1:{as_port}"),
-        ];
-        args.extend(options.as_args.iter().cloned());
-        args.extend(options.udp_args.iter().cloned());
-        let env = vec![("NS_SECRET".to_owned(), secret.clone())];
-        let procs = vec![Proc::spawn("ns-standalone", args, env)];
-        Cluster {
+        let (ws, notify, pull, monitor) = (listener(), listener(), listener(), listener());
+        let notify_base_url = url_of(&notify);
+        let mut cluster = Cluster {
             backend: Backend::Embedded,
-            procs,
-            ws: vec![format!("http://127.0.0.1:{ws_port}")],
-            as_url: format!("http://127.0.0.1:{as_port}"),
-            udp_url: format!("http://127.0.0.1:{udp_port}"),
-            monitor_url: Some(format!("http://127.0.0.1:{monitor_port}")),
-            secret,
-            data_dir: Some(dir),
+            ws: vec![url_of(&ws)],
+            as_url: notify_base_url.clone(),
+            udp_url: url_of(&pull),
+            monitor_url: url_of(&monitor),
+            secret: secret.clone(),
+            procs: Vec::new(),
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
+            namespace: None,
+            data_dir: None,
+        };
+        match options.binary(Role::Standalone) {
+            Some(binary) => {
+                let env = vec![
+                    ("NS_SECRET".to_owned(), secret),
+                    ("NS_DATA_DIR".to_owned(), dir.path().display().to_string()),
+                    ("NS_NOTIFY_BASE_URL".to_owned(), notify_base_url),
+                ];
+                cluster.spawn(
+                    Role::Standalone,
+                    &binary,
+                    env,
+                    vec![ws, notify, pull, monitor],
+                );
+            }
+            None => {
+                let mut settings =
+                    ns_standalone::Settings::new(dir.path().to_owned(), notify_base_url);
+                settings.secret.secret = Some(secret);
+                settings.notify = options.notify;
+                settings.wakeup = options.wakeup;
+                let listeners = ns_standalone::Listeners {
+                    ws: tokio_listener(ws),
+                    notify: tokio_listener(notify),
+                    pull: tokio_listener(pull),
+                    monitor: tokio_listener(monitor),
+                };
+                let run = ns_standalone::run(
+                    settings,
+                    listeners,
+                    options.clock,
+                    cluster.shutdown.clone(),
+                );
+                cluster.in_process(run);
+            }
         }
+        cluster.data_dir = Some(dir);
+        cluster
+    }
+
+    fn spawn(
+        &mut self,
+        role: Role,
+        binary: &std::path::Path,
+        env: Vec<(String, String)>,
+        listeners: Vec<std::net::TcpListener>,
+    ) {
+        self.procs.push((role, Proc::spawn(binary, env, listeners)));
+    }
+
+    fn in_process(
+        &mut self,
+        run: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(e) = run.await {
+                panic!("a service failed: {e:#}");
+            }
+        }));
     }
 
     /// Every HTTP port of the cluster.
@@ -300,7 +423,7 @@ impl Cluster {
         let mut urls = self.ws.clone();
         urls.push(self.as_url.clone());
         urls.push(self.udp_url.clone());
-        urls.extend(self.monitor_url.clone());
+        urls.push(self.monitor_url.clone());
         urls
     }
 
@@ -319,11 +442,13 @@ impl Cluster {
         }
     }
 
-    pub fn proc(&mut self, name: &str) -> &mut Proc {
+    /// The process running `role`.
+    pub fn proc(&mut self, role: Role) -> &mut Proc {
         self.procs
             .iter_mut()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no process {name}"))
+            .find(|(r, _)| *r == role)
+            .map(|(_, p)| p)
+            .unwrap_or_else(|| panic!("{role:?} does not run as a process"))
     }
 
     /// The WebSocket URL of instance `i`.
@@ -353,5 +478,69 @@ impl Cluster {
         let status = r.status().as_u16();
         let json = r.json().await.unwrap_or(serde_json::Value::Null);
         (status, json)
+    }
+}
+
+/// How long the services wait for MongoDB and RabbitMQ to answer.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long the services get to stop before what they leave is removed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for (_, proc) in &mut self.procs {
+            proc.kill();
+        }
+        // The services stop on the runtime's other worker; a queue deleted while one still
+        // runs would be declared again by it.
+        let deadline = std::time::Instant::now() + STOP_GRACE;
+        while self.tasks.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(namespace) = self.namespace.take() {
+            // A runtime of its own: this one may be the one being dropped.
+            let cleanup = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                runtime.block_on(remove(namespace));
+            });
+            let _ = cleanup.join();
+        }
+    }
+}
+
+/// Removes a distributed cluster's database, durable queues and events exchange: best
+/// effort, as a leftover only takes some space.
+async fn remove(namespace: Namespace) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    use lapin::{Connection, ConnectionProperties};
+    if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+    {
+        if let Ok(channel) = connection.create_channel().await {
+            for queue in [NEW_MESSAGES, UDP_WAKEUPS] {
+                let name = format!("{}{queue}", namespace.prefix);
+                let _ = channel
+                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let exchange = format!("{}{}", namespace.prefix, ns_broker_amqp::EVENTS_EXCHANGE);
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+            let _ = channel.close(200, "test done".into()).await;
+        }
+        let _ = connection.close(200, "test done".into()).await;
+    }
+    let Ok(mut options) = mongodb::options::ClientOptions::parse(&namespace.mongo_url).await else {
+        return;
+    };
+    // A server the test stopped must not hold the test up for the driver's 30 s default.
+    options.server_selection_timeout = Some(Duration::from_secs(2));
+    if let Ok(client) = mongodb::Client::with_options(options) {
+        let _ = client.database(&namespace.db).drop().await;
     }
 }

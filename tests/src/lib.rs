@@ -1,14 +1,16 @@
-//! Test harness: starts the real binaries against the real RabbitMQ and MongoDB-wire
-//! servers (or the one-process mode on a data directory) and talks to them as a client of
-//! the protocol would: HTTP, WebSocket and UDP.
+//! Test harness: the server of a test started in this process with each service's
+//! `run(...)` on port-0 listeners, or with some of its parts as real processes of their
+//! binaries, against the real RabbitMQ and MongoDB-wire servers (or the one-process mode on
+//! a data directory); and a client of the protocol: HTTP, WebSocket and UDP.
 
 #![allow(unreachable_pub)]
 
 pub mod client;
 pub mod cluster;
+pub mod process;
 
 pub use client::{Ua, UaEvent};
-pub use cluster::{Backend, Cluster, Options};
+pub use cluster::{Backend, Cluster, Options, Role};
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,9 +1,11 @@
-//! Every row of PROTOCOL.md, against the real binaries: each test body runs once against
-//! the distributed mode (MongoDB + RabbitMQ) and once against the one-process mode.
+//! Every row of PROTOCOL.md, against the services started in this process: each test body
+//! runs once against the distributed mode (MongoDB + RabbitMQ) and once against the
+//! one-process mode.
 
 use std::time::Duration;
 
 use base64::Engine;
+use ns_runtime::ManualClock;
 use ns_tests::{eventually, Backend, Cluster, Options, Ua, UaEvent};
 use rsa::pkcs1v15::SigningKey;
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
@@ -354,7 +356,7 @@ async fn notify_validation_errors(b: Backend) {
     assert_eq!(v["code"], 405);
     // Fields at their limits are fine.
     let ok = json!({"id": "x".repeat(32), "message": "m".repeat(4096), "ttl": 2_592_000,
-                    "priority": 1, "timestamp": format!("{}", common::now_secs())});
+                    "priority": 1, "timestamp": format!("{}", ns_runtime::Clock::system().now())});
     assert_eq!(c.notify(&url, &ok.to_string()).await.0, 200);
 }
 
@@ -412,9 +414,11 @@ fn hex_of(bytes: &[u8]) -> String {
 
 async fn rate_limit(b: Backend) {
     let options = Options {
-        as_args: ["--rate-limit", "1", "--rate-burst", "1"]
-            .map(String::from)
-            .to_vec(),
+        notify: ns_as::Settings {
+            rate_limit: 1,
+            rate_burst: 1,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let c = Cluster::start_with(b, options).await;
@@ -499,7 +503,13 @@ async fn replace_by_id(b: Backend) {
 }
 
 async fn ttl_and_expiry(b: Backend) {
-    let c = Cluster::start(b).await;
+    // The services' clock, moved by hand: a TTL runs out without waiting for it.
+    let clock = ManualClock::default();
+    let options = Options {
+        clock: clock.clock(),
+        ..Default::default()
+    };
+    let c = Cluster::start_with(b, options).await;
     let (mut live, url) = ua_with_wa(&c, 0, "wa-ttl").await;
     let (sleeper, _) = ua_with_wa(&c, 0, "wa-ttl").await;
     let sleeper_token = sleeper.token.clone();
@@ -523,6 +533,7 @@ async fn ttl_and_expiry(b: Backend) {
         .await;
     assert_eq!(status_code, 200);
     assert_eq!(live.next_notifications().await[0]["message"], "brief");
+    clock.advance(Duration::from_secs(3));
     eventually("expiry", DEADLINE, || async {
         let (_, v) = status(&url, "short").await;
         let d = v["deliveries"].as_array()?;

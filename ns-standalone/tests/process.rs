@@ -1,13 +1,25 @@
-//! What only the one-process mode has: its data directory survives `kill -9`.
+//! What only the `ns-standalone` process shows: its data directory survives `kill -9`, and
+//! SIGTERM closes every WebSocket and exits cleanly.
 
 use std::time::Duration;
 
-use ns_tests::{Backend, Cluster, Ua};
+use ns_tests::{Backend, Cluster, Options, Role, Ua, UaEvent};
 use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The one-process server as a process of the binary built with these tests.
+async fn standalone() -> Cluster {
+    let options = Options {
+        processes: vec![(Role::Standalone, env!("CARGO_BIN_EXE_ns-standalone").into())],
+        ..Default::default()
+    };
+    Cluster::start_with(Backend::Embedded, options).await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_that_was_answered() {
-    let mut c = Cluster::start(Backend::Embedded).await;
+    let mut c = standalone().await;
     let token = c.token().await;
     let mut ua = Ua::registered(&c.ws_url(0), &token).await;
     let url = ua.register_wa("wa-durable").await;
@@ -55,13 +67,13 @@ async fn kill_9_loses_nothing_that_was_answered() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    c.proc("ns-standalone").kill();
+    c.proc(Role::Standalone).kill();
     for sender in senders {
         answered.extend(sender.await.unwrap());
     }
     assert!(!answered.is_empty(), "nothing was answered before the kill");
 
-    c.proc("ns-standalone").start();
+    c.proc(Role::Standalone).start();
     c.wait_healthy().await;
     let mut ua = Ua::registered(&c.ws_url(0), &token).await;
     let mut got = std::collections::HashSet::new();
@@ -86,4 +98,18 @@ async fn kill_9_loses_nothing_that_was_answered() {
     assert_eq!(status, 200);
     let more = ua.next_notifications().await;
     assert!(more.iter().any(|n| n["messageId"] == v["messageId"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_connections_and_exits_cleanly() {
+    let mut c = standalone().await;
+    let token = c.token().await;
+    let mut ua = Ua::registered(&c.ws_url(0), &token).await;
+    let status = c
+        .proc(Role::Standalone)
+        .terminate()
+        .await
+        .expect("ns-standalone exited");
+    assert!(status.success(), "ns-standalone exited with {status}");
+    assert_eq!(ua.next_event(DEADLINE).await, Some(UaEvent::Closed));
 }

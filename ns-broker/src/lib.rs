@@ -1,34 +1,38 @@
-//! The broker seam: queues between the services. RabbitMQ ([`amqp::AmqpBroker`]) in the
-//! distributed mode, in-process channels in the one-process mode.
+//! The broker seam: queues between the services. RabbitMQ (`ns-broker-amqp`) in the
+//! distributed mode, in-process channels (`ns-broker-local`) in the one-process mode.
+//!
+//! Queues carry bytes (the JSON of [`common::messages`]); the events that invalidate route
+//! caches are typed. [`consume()`] is the one consume loop of every service, and the
+//! [`conformance`] suite (feature `conformance`) is the contract both implementations pass.
 
-pub mod amqp;
-pub mod local;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod consume;
+
+pub use consume::{consume, Consumer, Handled};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use common::messages::RouteEvent;
+use serde::Serialize;
 use tokio::sync::mpsc;
 
-/// The durable queue ns-as publishes new notifications on.
-pub const NEW_MESSAGES: &str = "newMessages";
-/// The durable queue shared by the ns-ua-udp instances.
-pub const UDP_WAKEUPS: &str = "udpWakeups";
-
-/// The queue of one ns-ua-ws instance.
-pub fn front_end_queue(server_id: &str) -> String {
-    format!("ws.{server_id}")
-}
+type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The broker can't be reached; the caller answers 503 or retries.
     #[error("the broker is unavailable")]
-    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Unavailable(#[source] Cause),
     /// The broker did not take the message (negative confirm).
     #[error("the broker refused the message")]
     Refused,
     /// No queue of that name exists: nobody is there to consume it.
     #[error("no queue named {0}")]
     Unroutable(String),
+    /// The message could not be serialized.
+    #[error("a message could not be encoded")]
+    Encode(#[source] serde_json::Error),
 }
 
 impl BrokerError {
@@ -47,8 +51,9 @@ pub enum QueueKind {
     Private,
 }
 
-/// A message taken from a queue. Dropping it without [`Delivery::ack`] leaves it to be
-/// delivered again (after a reconnection, or at once with [`Delivery::nack`]).
+/// A message taken from a queue. Dropping it without [`Delivery::ack`] leaves it to the
+/// broker: RabbitMQ delivers it again once its channel closes; the in-process broker, whose
+/// queues die with the process, does not.
 pub struct Delivery {
     pub payload: Bytes,
     acker: Box<dyn Acker>,
@@ -81,6 +86,18 @@ pub trait Acker: Send + Sync {
 /// subscribes again and keeps feeding the same channel.
 pub type Subscription = mpsc::Receiver<Delivery>;
 
+/// What an event subscription yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Route(RouteEvent),
+    /// Events may have been missed (the subscriber fell behind, or the subscription was made
+    /// again after a reconnection): drop everything events would have invalidated.
+    Missed,
+}
+
+/// The events of one subscription; like a [`Subscription`], it outlives reconnections.
+pub type Events = mpsc::Receiver<Event>;
+
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// True while the broker is reachable; drives `/health`.
@@ -91,10 +108,7 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, queue: &str, payload: Bytes) -> Result<(), BrokerError>;
 
     /// Declares a durable queue so publishes to it are kept even before its consumers start.
-    async fn declare_durable(&self, queue: &str) -> Result<(), BrokerError> {
-        let _ = queue;
-        Ok(())
-    }
+    async fn declare_durable(&self, queue: &str) -> Result<(), BrokerError>;
 
     /// Declares the queue (if needed) and consumes it with at most `prefetch` unacked
     /// messages in flight.
@@ -107,10 +121,19 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Publishes an event to every subscriber of [`Broker::subscribe_events`] (fan-out, no
     /// durability: events only invalidate caches).
-    async fn publish_event(&self, payload: Bytes) -> Result<(), BrokerError>;
+    async fn publish_event(&self, event: &RouteEvent) -> Result<(), BrokerError>;
 
-    /// Receives every event published from now on. Deliveries need no ack. A delivery with an
-    /// empty payload means events may have been missed (the subscription was set up again
-    /// after a reconnection): drop everything events would have invalidated.
-    async fn subscribe_events(&self) -> Result<Subscription, BrokerError>;
+    /// Receives every event published from now on, or [`Event::Missed`] where some may
+    /// have been lost.
+    async fn subscribe_events(&self) -> Result<Events, BrokerError>;
+}
+
+/// Publishes `message` to `queue` as JSON.
+pub async fn publish<T: Serialize + Sync>(
+    broker: &dyn Broker,
+    queue: &str,
+    message: &T,
+) -> Result<(), BrokerError> {
+    let payload = common::messages::encode(message).map_err(BrokerError::Encode)?;
+    broker.publish(queue, payload).await
 }

@@ -1,10 +1,11 @@
 //! Configuration groups shared by the binaries (`clap` derive, each option also read from an
-//! `NS_...` environment variable), and the checks that turn them into ready values.
+//! `NS_...` environment variable), and the checks that turn them into ready values. The
+//! groups of the backends sit with the code that connects to them.
 
 use clap::Args;
 use std::fmt;
 
-use crate::crypto::Secret;
+use common::crypto::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,36 +40,6 @@ impl SecretConfig {
             )),
         }
     }
-}
-
-/// Where MongoDB is.
-#[derive(Args, Clone, Debug)]
-pub struct MongoConfig {
-    /// MongoDB connection string.
-    #[arg(
-        long,
-        env = "NS_MONGO_URL",
-        default_value = "mongodb://127.0.0.1:27017"
-    )]
-    pub mongo_url: String,
-    /// Database name.
-    #[arg(long, env = "NS_MONGO_DB", default_value = "push")]
-    pub mongo_db: String,
-}
-
-/// Where RabbitMQ is.
-#[derive(Args, Clone, Debug)]
-pub struct AmqpConfig {
-    /// AMQP 0.9.1 URL of RabbitMQ.
-    #[arg(
-        long,
-        env = "NS_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Prefix of every queue and exchange name, to run several clusters on one broker.
-    #[arg(long, env = "NS_AMQP_PREFIX", default_value = "")]
-    pub amqp_prefix: String,
 }
 
 /// How the services build the notify URL they hand out and send.
@@ -117,6 +88,11 @@ impl Problems {
                 None
             }
         }
+    }
+
+    /// Adds problems found elsewhere.
+    pub fn extend(&mut self, problems: impl IntoIterator<Item = String>) {
+        self.0.extend(problems);
     }
 
     /// Exits with `EX_USAGE` (64) after printing every problem, if there were any.

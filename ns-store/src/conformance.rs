@@ -1,31 +1,90 @@
 //! A conformance suite for [`Store`] implementations: each function checks one documented
-//! behaviour of the trait and panics when the store gets it wrong.
+//! behaviour of the trait and panics when the store gets it wrong. An implementation runs
+//! every one of them as its own test with [`conformance_tests!`](crate::conformance_tests).
 //!
 //! Every function makes up its own UAs, apps and AS ids with random UUIDs, so the suite can run
 //! against a database that other runs share. Times are epoch seconds close to the real clock,
 //! and expiries are tested by passing a `now` in the future rather than by storing notifications
 //! that are already expired, because MongoDB's TTL monitor could remove those at any moment.
 
-use crate::model::{App, DeliveryStatus, Interface, Notification, StatusReport, UaId, UaRoute};
-use crate::store::{connected_route, DeliveryUpdate, Store};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Runs every check of the suite, one after the other.
-pub async fn run_all(store: &dyn Store) {
-    ping(store).await;
-    register_ua_returns_previous(store).await;
-    disconnect_ua_only_matching(store).await;
-    ua_routes_leaves_unknown_out(store).await;
-    put_and_get_app(store).await;
-    register_and_unregister_wa(store).await;
-    app_uas_lists_registrations(store).await;
-    add_deliveries_is_idempotent(store).await;
-    add_deliveries_needs_a_stored_notification(store).await;
-    insert_notification_replaces_older(store).await;
-    outstanding_order_filter_and_limit(store).await;
-    update_deliveries_rules(store).await;
-    unrouted_lists_notifications_not_routed(store).await;
-    status_reports_deliveries(store).await;
-    purge_removes_expired_and_old_acked(store).await;
+use async_trait::async_trait;
+use common::delivery::{DeliveryStatus, DeliveryUpdate, StatusReport};
+use common::model::{
+    App, AppToken, ConnId, EpochMillis, EpochSecs, Interface, Live, MessageId, NodeId, UaId,
+    UaRoute,
+};
+use common::notification::Notification;
+use common::purge::Retention;
+use futures::FutureExt;
+
+use crate::Store;
+
+/// A store to run one behaviour against, and how to clean up after it.
+#[async_trait]
+pub trait Fixture: Send + Sync {
+    fn store(&self) -> &dyn Store;
+
+    /// Removes what the behaviour left behind (a database on a shared server, say).
+    async fn tear_down(self);
+}
+
+/// Runs `behaviour` against the fixture's store, then tears the fixture down, even when the
+/// behaviour failed; a failure is then raised again.
+pub async fn run<F>(
+    fixture: F,
+    behaviour: impl for<'a> FnOnce(&'a dyn Store) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+) where
+    F: Fixture,
+{
+    let outcome = AssertUnwindSafe(behaviour(fixture.store()))
+        .catch_unwind()
+        .await;
+    fixture.tear_down().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// One `#[tokio::test]` per behaviour of the suite, each with a fixture from `$fixture`, an
+/// `async fn() -> impl Fixture`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($fixture:path) => {
+        $crate::conformance_tests!(@each $fixture;
+            ping,
+            register_ua_returns_previous,
+            disconnect_ua_only_matching,
+            ua_routes_leaves_unknown_out,
+            put_and_get_app,
+            register_and_unregister_wa,
+            app_uas_lists_registrations,
+            add_deliveries_is_idempotent,
+            add_deliveries_needs_a_stored_notification,
+            insert_notification_replaces_older,
+            outstanding_order_filter_and_limit,
+            update_deliveries_rules,
+            record_deliveries_follow_the_same_rules,
+            unrouted_lists_notifications_not_routed,
+            unrouted_leaves_out_expired,
+            status_reports_deliveries,
+            purge_removes_expired_and_old_acked,
+            purge_removes_routed_notifications_with_nothing_left,
+        );
+    };
+    (@each $fixture:path; $($behaviour:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $behaviour() {
+            $crate::conformance::run($fixture().await, |store| {
+                Box::pin($crate::conformance::$behaviour(store))
+            })
+            .await;
+        }
+    )*};
 }
 
 fn uid() -> String {
@@ -33,21 +92,57 @@ fn uid() -> String {
 }
 
 fn new_ua() -> UaId {
-    UaId(uid())
+    UaId::new(uid())
 }
 
-/// A notification stored at `now` (seconds) with this creation time (milliseconds).
-fn notification(app_token: &str, id: &str, ttl: u32, now: i64, created_at: i64) -> Notification {
+fn new_app() -> AppToken {
+    AppToken::new(uid())
+}
+
+fn now() -> EpochSecs {
+    millis().secs()
+}
+
+fn millis() -> EpochMillis {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    EpochMillis(i64::try_from(since.as_millis()).expect("a sane clock"))
+}
+
+fn later(at: EpochMillis, by: i64) -> EpochMillis {
+    EpochMillis(at.as_i64() + by)
+}
+
+/// A notification stored at `now` with this creation time.
+fn notification(
+    app_token: &AppToken,
+    id: &str,
+    ttl: u32,
+    now: EpochSecs,
+    created_at: EpochMillis,
+) -> Notification {
     Notification {
-        message_id: uuid::Uuid::now_v7().to_string(),
-        app_token: app_token.to_owned(),
+        message_id: MessageId::new(uuid::Uuid::now_v7().simple().to_string()),
+        app_token: app_token.clone(),
         id: id.to_owned(),
         message: format!("message {}", uid()),
         ttl,
         timestamp: now,
-        expires_at: now + i64::from(ttl),
+        expires_at: now.plus(i64::from(ttl)),
         priority: 1,
         created_at,
+    }
+}
+
+fn connected(ua: &UaId, node: &str, conn: &str) -> UaRoute {
+    UaRoute::connected(ua.clone(), NodeId::new(node), ConnId::new(conn), None)
+}
+
+fn live(node: &str, conn: &str) -> Live {
+    Live {
+        node: NodeId::new(node),
+        conn: ConnId::new(conn),
     }
 }
 
@@ -59,8 +154,8 @@ fn update(n: &Notification, ua: &UaId, status: DeliveryStatus) -> DeliveryUpdate
     }
 }
 
-fn ids(ns: &[Notification]) -> Vec<&str> {
-    ns.iter().map(|n| n.message_id.as_str()).collect()
+fn ids(ns: &[Notification]) -> Vec<&MessageId> {
+    ns.iter().map(|n| &n.message_id).collect()
 }
 
 /// The status of each UA in a report, sorted by UA.
@@ -79,25 +174,43 @@ fn sorted(mut v: Vec<(UaId, DeliveryStatus)>) -> Vec<(UaId, DeliveryStatus)> {
     v
 }
 
+/// Stores `n` and routes it to `uas`, which must succeed.
+async fn stored_and_routed(store: &dyn Store, n: &Notification, uas: &[UaId], now: EpochSecs) {
+    store
+        .insert_notification(n, now)
+        .await
+        .expect("insert_notification");
+    assert!(store
+        .add_deliveries(n, uas, now)
+        .await
+        .expect("add_deliveries"));
+}
+
+async fn report(store: &dyn Store, n: &Notification, now: EpochSecs) -> StatusReport {
+    store
+        .status(&n.app_token, &n.id, now)
+        .await
+        .expect("status")
+        .expect("a report")
+}
+
 pub async fn ping(store: &dyn Store) {
     store.ping().await.expect("ping");
 }
 
 pub async fn register_ua_returns_previous(store: &dyn Store) {
     let ua = new_ua();
-    let first = UaRoute {
-        ua: ua.clone(),
-        node: None,
-        conn: None,
-        interface: Some(Interface {
+    let first = UaRoute::offline(
+        ua.clone(),
+        Some(Interface {
             ip: "192.0.2.7".parse().expect("ip"),
             port: 5000,
         }),
-    };
+    );
     let before = store.register_ua(&first).await.expect("register_ua");
     assert_eq!(before, None, "a new UA has no previous record");
 
-    let second = connected_route(ua.clone(), "node-a", "conn-1", None);
+    let second = connected(&ua, "node-a", "conn-1");
     let before = store.register_ua(&second).await.expect("register_ua");
     assert_eq!(
         before,
@@ -105,7 +218,7 @@ pub async fn register_ua_returns_previous(store: &dyn Store) {
         "register_ua returns the record as it was"
     );
 
-    let third = connected_route(ua.clone(), "node-b", "conn-2", None);
+    let third = connected(&ua, "node-b", "conn-2");
     let before = store.register_ua(&third).await.expect("register_ua");
     assert_eq!(before, Some(second));
 
@@ -118,15 +231,15 @@ pub async fn register_ua_returns_previous(store: &dyn Store) {
 
 pub async fn disconnect_ua_only_matching(store: &dyn Store) {
     let ua = new_ua();
-    let route = connected_route(ua.clone(), "node-a", "conn-1", None);
+    let route = connected(&ua, "node-a", "conn-1");
     store.register_ua(&route).await.expect("register_ua");
 
     store
-        .disconnect_ua(&ua, "node-a", "conn-other")
+        .disconnect_ua(&ua, &live("node-a", "conn-other"))
         .await
         .expect("disconnect_ua");
     store
-        .disconnect_ua(&ua, "node-other", "conn-1")
+        .disconnect_ua(&ua, &live("node-other", "conn-1"))
         .await
         .expect("disconnect_ua");
     let routes = store
@@ -140,7 +253,7 @@ pub async fn disconnect_ua_only_matching(store: &dyn Store) {
     );
 
     store
-        .disconnect_ua(&ua, "node-a", "conn-1")
+        .disconnect_ua(&ua, &live("node-a", "conn-1"))
         .await
         .expect("disconnect_ua");
     let routes = store
@@ -150,14 +263,14 @@ pub async fn disconnect_ua_only_matching(store: &dyn Store) {
     assert_eq!(routes.len(), 1, "a disconnected UA is still known");
     assert_eq!(routes[0].ua, ua);
     assert_eq!(
-        routes[0].node, None,
-        "the matching disconnect clears the node"
+        routes[0].live, None,
+        "the matching disconnect clears the live connection"
     );
 
     // A disconnect of a UA the store never saw is not an error, and doesn't create it.
     let unknown = new_ua();
     store
-        .disconnect_ua(&unknown, "node-a", "conn-1")
+        .disconnect_ua(&unknown, &live("node-a", "conn-1"))
         .await
         .expect("disconnect_ua of an unknown UA");
     let routes = store.ua_routes(&[unknown]).await.expect("ua_routes");
@@ -165,16 +278,14 @@ pub async fn disconnect_ua_only_matching(store: &dyn Store) {
 }
 
 pub async fn ua_routes_leaves_unknown_out(store: &dyn Store) {
-    let a = connected_route(new_ua(), "node-a", "conn-a", None);
-    let b = UaRoute {
-        ua: new_ua(),
-        node: None,
-        conn: None,
-        interface: Some(Interface {
+    let a = connected(&new_ua(), "node-a", "conn-a");
+    let b = UaRoute::offline(
+        new_ua(),
+        Some(Interface {
             ip: "2001:db8::1".parse().expect("ip"),
             port: 2442,
         }),
-    };
+    );
     store.register_ua(&a).await.expect("register_ua");
     store.register_ua(&b).await.expect("register_ua");
 
@@ -196,11 +307,11 @@ pub async fn ua_routes_leaves_unknown_out(store: &dyn Store) {
 
 pub async fn put_and_get_app(store: &dyn Store) {
     let with_key = App {
-        app_token: uid(),
+        app_token: new_app(),
         pbk: Some("-----BEGIN PUBLIC KEY-----\nMFww\n-----END PUBLIC KEY-----\n".to_owned()),
     };
     let without_key = App {
-        app_token: uid(),
+        app_token: new_app(),
         pbk: None,
     };
     store.put_app(&with_key).await.expect("put_app");
@@ -214,13 +325,13 @@ pub async fn put_and_get_app(store: &dyn Store) {
         .await
         .expect("get_app");
     assert_eq!(got, Some(without_key));
-    let got = store.get_app(&uid()).await.expect("get_app of unknown");
+    let got = store.get_app(&new_app()).await.expect("get_app of unknown");
     assert_eq!(got, None);
 }
 
 pub async fn register_and_unregister_wa(store: &dyn Store) {
     let ua = new_ua();
-    let app = uid();
+    let app = new_app();
     store.register_wa(&ua, &app).await.expect("register_wa");
     store
         .register_wa(&ua, &app)
@@ -240,14 +351,14 @@ pub async fn register_and_unregister_wa(store: &dyn Store) {
     );
     assert!(store.app_uas(&app).await.expect("app_uas").is_empty());
     assert!(!store
-        .unregister_wa(&new_ua(), &uid())
+        .unregister_wa(&new_ua(), &new_app())
         .await
         .expect("unregister_wa of unknown"));
 }
 
 pub async fn app_uas_lists_registrations(store: &dyn Store) {
-    let app = uid();
-    let other_app = uid();
+    let app = new_app();
+    let other_app = new_app();
     let (a, b, c) = (new_ua(), new_ua(), new_ua());
     store.register_wa(&a, &app).await.expect("register_wa");
     store.register_wa(&b, &app).await.expect("register_wa");
@@ -273,25 +384,25 @@ pub async fn app_uas_lists_registrations(store: &dyn Store) {
     let mut expected = vec![a, c];
     expected.sort();
     assert_eq!(uas, expected, "other apps' registrations are untouched");
-    assert!(store.app_uas(&uid()).await.expect("app_uas").is_empty());
+    assert!(store.app_uas(&new_app()).await.expect("app_uas").is_empty());
 }
 
 pub async fn add_deliveries_is_idempotent(store: &dyn Store) {
-    let now = crate::now_secs();
+    let now = now();
     let (a, b, c) = (new_ua(), new_ua(), new_ua());
-    let n = notification(&uid(), &uid(), 3600, now, crate::now_millis());
+    let n = notification(&new_app(), &uid(), 3600, now, millis());
     store
-        .insert_notification(&n)
+        .insert_notification(&n, now)
         .await
         .expect("insert_notification");
     // A broker message handled twice stores the notification twice.
     store
-        .insert_notification(&n)
+        .insert_notification(&n, now)
         .await
         .expect("insert_notification twice");
 
     assert!(store
-        .add_deliveries(&n, &[a.clone(), b.clone()])
+        .add_deliveries(&n, &[a.clone(), b.clone()], now)
         .await
         .expect("add_deliveries"));
     let changed = store
@@ -301,14 +412,10 @@ pub async fn add_deliveries_is_idempotent(store: &dyn Store) {
     assert_eq!(changed, 1);
 
     assert!(store
-        .add_deliveries(&n, &[a.clone(), b.clone(), c.clone()])
+        .add_deliveries(&n, &[a.clone(), b.clone(), c.clone()], now)
         .await
         .expect("add_deliveries again"));
-    let report = store
-        .status(&n.app_token, &n.id, now)
-        .await
-        .expect("status")
-        .expect("a report");
+    let report = report(store, &n, now).await;
     assert_eq!(report.message_id, n.message_id);
     assert_eq!(report.id, n.id);
     assert_eq!(
@@ -323,11 +430,11 @@ pub async fn add_deliveries_is_idempotent(store: &dyn Store) {
 }
 
 pub async fn add_deliveries_needs_a_stored_notification(store: &dyn Store) {
-    let now = crate::now_secs();
+    let now = now();
     let ua = new_ua();
-    let n = notification(&uid(), &uid(), 3600, now, crate::now_millis());
+    let n = notification(&new_app(), &uid(), 3600, now, millis());
     let routed = store
-        .add_deliveries(&n, std::slice::from_ref(&ua))
+        .add_deliveries(&n, std::slice::from_ref(&ua), now)
         .await
         .expect("add_deliveries");
     assert!(!routed, "a notification that isn't stored can't be routed");
@@ -336,21 +443,14 @@ pub async fn add_deliveries_needs_a_stored_notification(store: &dyn Store) {
 }
 
 pub async fn insert_notification_replaces_older(store: &dyn Store) {
-    let now = crate::now_secs();
-    let created = crate::now_millis();
-    let app = uid();
+    let now = now();
+    let created = millis();
+    let app = new_app();
     let id = uid();
     let (a, b, c, d) = (new_ua(), new_ua(), new_ua(), new_ua());
 
     let old = notification(&app, &id, 3600, now, created);
-    store
-        .insert_notification(&old)
-        .await
-        .expect("insert_notification");
-    assert!(store
-        .add_deliveries(&old, &[a.clone(), b.clone(), c.clone()])
-        .await
-        .expect("add_deliveries"));
+    stored_and_routed(store, &old, &[a.clone(), b.clone(), c.clone()], now).await;
     store
         .update_deliveries(
             &[
@@ -364,86 +464,74 @@ pub async fn insert_notification_replaces_older(store: &dyn Store) {
 
     // An unrelated notification of the same app must not be replaced.
     let other = notification(&app, &uid(), 3600, now, created);
-    store
-        .insert_notification(&other)
-        .await
-        .expect("insert_notification");
-    assert!(store
-        .add_deliveries(&other, std::slice::from_ref(&a))
-        .await
-        .expect("add_deliveries"));
+    stored_and_routed(store, &other, std::slice::from_ref(&a), now).await;
 
     // Nor one with the same AS id in another app.
-    let elsewhere = notification(&uid(), &id, 3600, now, created);
+    let elsewhere = notification(&new_app(), &id, 3600, now, created);
     store
-        .insert_notification(&elsewhere)
+        .insert_notification(&elsewhere, now)
         .await
         .expect("insert_notification");
 
     // The newer one is short-lived so that a purge can remove it and let `status` show the
     // older one again.
-    let new = notification(&app, &id, 10, now, created + 1);
+    let new = notification(&app, &id, 10, now, later(created, 1));
     store
-        .insert_notification(&new)
+        .insert_notification(&new, now)
         .await
         .expect("insert_notification");
     assert!(
         store
-            .add_deliveries(&elsewhere, &[new_ua()])
+            .add_deliveries(&elsewhere, &[new_ua()], now)
             .await
             .expect("add_deliveries"),
         "the same AS id in another app is another notification"
     );
 
     let routed = store
-        .add_deliveries(&old, std::slice::from_ref(&d))
+        .add_deliveries(&old, std::slice::from_ref(&d), now)
         .await
         .expect("add_deliveries");
     assert!(!routed, "a replaced notification must not be routed");
 
-    let report = store
-        .status(&app, &id, now)
-        .await
-        .expect("status")
-        .expect("a report");
+    let newest = report(store, &new, now).await;
     assert_eq!(
-        report.message_id, new.message_id,
+        newest.message_id, new.message_id,
         "status shows the newest notification"
     );
     assert!(
-        report.deliveries.is_empty(),
+        newest.deliveries.is_empty(),
         "the newest one isn't routed yet"
     );
 
     for ua in [&a, &b, &c, &d] {
         let out = store.outstanding(ua, now, 100).await.expect("outstanding");
         assert!(
-            !ids(&out).contains(&old.message_id.as_str()),
+            !ids(&out).contains(&&old.message_id),
             "a replaced notification is not outstanding"
         );
     }
     let out = store.outstanding(&a, now, 100).await.expect("outstanding");
     assert_eq!(
         ids(&out),
-        vec![other.message_id.as_str()],
+        vec![&other.message_id],
         "others stay outstanding"
     );
 
     assert!(store
-        .add_deliveries(&new, &[a.clone(), b.clone()])
+        .add_deliveries(&new, &[a.clone(), b.clone()], now)
         .await
         .expect("add_deliveries"));
     let out = store.outstanding(&b, now, 100).await.expect("outstanding");
-    assert_eq!(ids(&out), vec![new.message_id.as_str()]);
+    assert_eq!(ids(&out), vec![&new.message_id]);
 
     // Purging past the newer one's expiry makes the older one the newest again, which shows
     // what the replacement did to its deliveries.
-    store.purge(now + 20, now - 3600).await.expect("purge");
-    let report = store
-        .status(&app, &id, now)
+    store
+        .purge(now.plus(20), Retention { acked_secs: 3620 })
         .await
-        .expect("status")
-        .expect("a report of the older notification");
+        .expect("purge");
+    let report = report(store, &old, now).await;
     assert_eq!(report.message_id, old.message_id);
     assert_eq!(
         statuses(&report),
@@ -457,31 +545,24 @@ pub async fn insert_notification_replaces_older(store: &dyn Store) {
 }
 
 pub async fn outstanding_order_filter_and_limit(store: &dyn Store) {
-    let now = crate::now_secs();
-    let created = crate::now_millis();
-    let app = uid();
+    let now = now();
+    let created = millis();
+    let app = new_app();
     let ua = new_ua();
     let other_ua = new_ua();
 
     // Made and stored out of creation order, so that neither the order of the message ids
     // (UUIDv7, which sort by the time they were made) nor the order of storing gives the
     // order of `created_at`.
-    let third = notification(&app, &uid(), 3600, now, created + 3);
-    let second = notification(&app, &uid(), 3600, now, created + 2);
-    let first = notification(&app, &uid(), 3600, now, created + 1);
-    let short = notification(&app, &uid(), 60, now, created + 4);
+    let third = notification(&app, &uid(), 3600, now, later(created, 3));
+    let second = notification(&app, &uid(), 3600, now, later(created, 2));
+    let first = notification(&app, &uid(), 3600, now, later(created, 1));
+    let short = notification(&app, &uid(), 60, now, later(created, 4));
     let acked = notification(&app, &uid(), 3600, now, created);
-    let replaced = notification(&app, &uid(), 3600, now, created + 5);
-    let replacement = notification(&app, &replaced.id, 3600, now, created + 6);
+    let replaced = notification(&app, &uid(), 3600, now, later(created, 5));
+    let replacement = notification(&app, &replaced.id, 3600, now, later(created, 6));
     for n in [&second, &third, &first, &short, &acked, &replaced] {
-        store
-            .insert_notification(n)
-            .await
-            .expect("insert_notification");
-        assert!(store
-            .add_deliveries(n, std::slice::from_ref(&ua))
-            .await
-            .expect("add_deliveries"));
+        stored_and_routed(store, n, std::slice::from_ref(&ua), now).await;
     }
     store
         .update_deliveries(&[update(&acked, &ua, DeliveryStatus::Acked)], now)
@@ -492,7 +573,7 @@ pub async fn outstanding_order_filter_and_limit(store: &dyn Store) {
         .await
         .expect("update_deliveries");
     store
-        .insert_notification(&replacement)
+        .insert_notification(&replacement, now)
         .await
         .expect("insert_notification");
 
@@ -515,7 +596,7 @@ pub async fn outstanding_order_filter_and_limit(store: &dyn Store) {
     );
 
     let out = store
-        .outstanding(&ua, now + 120, 100)
+        .outstanding(&ua, now.plus(120), 100)
         .await
         .expect("outstanding");
     assert_eq!(
@@ -532,17 +613,10 @@ pub async fn outstanding_order_filter_and_limit(store: &dyn Store) {
 }
 
 pub async fn update_deliveries_rules(store: &dyn Store) {
-    let now = crate::now_secs();
+    let now = now();
     let (a, b) = (new_ua(), new_ua());
-    let n = notification(&uid(), &uid(), 3600, now, crate::now_millis());
-    store
-        .insert_notification(&n)
-        .await
-        .expect("insert_notification");
-    assert!(store
-        .add_deliveries(&n, &[a.clone(), b.clone()])
-        .await
-        .expect("add_deliveries"));
+    let n = notification(&new_app(), &uid(), 3600, now, millis());
+    stored_and_routed(store, &n, &[a.clone(), b.clone()], now).await;
 
     let unknown_message = notification(&n.app_token, &uid(), 3600, now, n.created_at);
     let changed = store
@@ -560,27 +634,23 @@ pub async fn update_deliveries_rules(store: &dyn Store) {
     assert_eq!(changed, 2, "unknown deliveries are ignored");
 
     let changed = store
-        .update_deliveries(&[update(&n, &a, DeliveryStatus::Acked)], now + 1)
+        .update_deliveries(&[update(&n, &a, DeliveryStatus::Acked)], now.plus(1))
         .await
         .expect("update_deliveries");
     assert_eq!(changed, 1);
 
     let changed = store
-        .update_deliveries(&[update(&n, &a, DeliveryStatus::Sent)], now + 2)
+        .update_deliveries(&[update(&n, &a, DeliveryStatus::Sent)], now.plus(2))
         .await
         .expect("update_deliveries");
     assert_eq!(changed, 0, "sent never downgrades acked");
     let changed = store
-        .update_deliveries(&[update(&n, &a, DeliveryStatus::Acked)], now + 3)
+        .update_deliveries(&[update(&n, &a, DeliveryStatus::Acked)], now.plus(3))
         .await
         .expect("update_deliveries");
     assert_eq!(changed, 0, "acking twice changes nothing");
 
-    let report = store
-        .status(&n.app_token, &n.id, now + 4)
-        .await
-        .expect("status")
-        .expect("a report");
+    let report = report(store, &n, now.plus(4)).await;
     assert_eq!(
         statuses(&report),
         sorted(vec![
@@ -588,6 +658,12 @@ pub async fn update_deliveries_rules(store: &dyn Store) {
             (b.clone(), DeliveryStatus::Sent)
         ])
     );
+    let acked_at = report
+        .deliveries
+        .iter()
+        .find(|d| d.device == a)
+        .map(|d| d.at);
+    assert_eq!(acked_at, Some(now.plus(1)), "a change records its time");
 
     let changed = store
         .update_deliveries(&[], now)
@@ -596,7 +672,7 @@ pub async fn update_deliveries_rules(store: &dyn Store) {
     assert_eq!(changed, 0);
 
     let out = store
-        .outstanding(&a, now + 4, 100)
+        .outstanding(&a, now.plus(4), 100)
         .await
         .expect("outstanding");
     assert!(
@@ -604,29 +680,73 @@ pub async fn update_deliveries_rules(store: &dyn Store) {
         "an acked notification is no longer outstanding"
     );
     let out = store
-        .outstanding(&b, now + 4, 100)
+        .outstanding(&b, now.plus(4), 100)
         .await
         .expect("outstanding");
-    assert_eq!(ids(&out), vec![n.message_id.as_str()]);
+    assert_eq!(ids(&out), vec![&n.message_id]);
+}
+
+pub async fn record_deliveries_follow_the_same_rules(store: &dyn Store) {
+    let now = now();
+    let uas: Vec<UaId> = (0..20).map(|_| new_ua()).collect();
+    let n = notification(&new_app(), &uid(), 3600, now, millis());
+    stored_and_routed(store, &n, &uas, now).await;
+
+    // Concurrent callers, as front-ends are: each UA is sent the notification and acks it,
+    // the ack sometimes written before the sent.
+    let n = &n;
+    let writes = uas.iter().enumerate().map(|(i, ua)| async move {
+        let (first, second) = if i % 2 == 0 {
+            (DeliveryStatus::Sent, DeliveryStatus::Acked)
+        } else {
+            (DeliveryStatus::Acked, DeliveryStatus::Sent)
+        };
+        let both = futures::future::join(
+            store.record_deliveries(vec![update(n, ua, first)], now),
+            store.record_deliveries(vec![update(n, ua, second)], now),
+        )
+        .await;
+        assert!(both.0.is_ok() && both.1.is_ok(), "record_deliveries");
+    });
+    futures::future::join_all(writes).await;
+    store
+        .record_deliveries(vec![update(n, &new_ua(), DeliveryStatus::Acked)], now)
+        .await
+        .expect("record_deliveries of an unknown delivery");
+    store
+        .record_deliveries(Vec::new(), now)
+        .await
+        .expect("record_deliveries of nothing");
+
+    let report = report(store, n, now).await;
+    assert_eq!(report.deliveries.len(), uas.len(), "nothing was created");
+    assert!(
+        report
+            .deliveries
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Acked),
+        "acked wins whatever order the writes came in: {:?}",
+        statuses(&report)
+    );
 }
 
 pub async fn unrouted_lists_notifications_not_routed(store: &dyn Store) {
-    let now = crate::now_secs();
-    let created = crate::now_millis();
-    let app = uid();
-    let later = notification(&app, &uid(), 3600, now, created + 1);
+    let now = now();
+    let created = millis();
+    let app = new_app();
+    let later_one = notification(&app, &uid(), 3600, now, later(created, 1));
     let earlier = notification(&app, &uid(), 3600, now, created);
     store
-        .insert_notification(&later)
+        .insert_notification(&later_one, now)
         .await
         .expect("insert_notification");
     store
-        .insert_notification(&earlier)
+        .insert_notification(&earlier, now)
         .await
         .expect("insert_notification");
 
-    let unrouted = store.unrouted(10_000).await.expect("unrouted");
-    let positions: Vec<Option<usize>> = [&earlier, &later]
+    let unrouted = store.unrouted(now, 10_000).await.expect("unrouted");
+    let positions: Vec<Option<usize>> = [&earlier, &later_one]
         .iter()
         .map(|n| unrouted.iter().position(|u| u.message_id == n.message_id))
         .collect();
@@ -640,39 +760,68 @@ pub async fn unrouted_lists_notifications_not_routed(store: &dyn Store) {
     );
 
     assert!(
-        store.unrouted(1).await.expect("unrouted").len() <= 1,
+        store.unrouted(now, 1).await.expect("unrouted").len() <= 1,
         "the limit holds"
     );
 
     // Routing to nobody still counts as routed.
     assert!(store
-        .add_deliveries(&earlier, &[])
+        .add_deliveries(&earlier, &[], now)
         .await
         .expect("add_deliveries"));
-    let unrouted = store.unrouted(10_000).await.expect("unrouted");
-    assert!(!ids(&unrouted).contains(&earlier.message_id.as_str()));
-    assert!(ids(&unrouted).contains(&later.message_id.as_str()));
+    let unrouted = store.unrouted(now, 10_000).await.expect("unrouted");
+    assert!(!ids(&unrouted).contains(&&earlier.message_id));
+    assert!(ids(&unrouted).contains(&&later_one.message_id));
 
     assert!(store
-        .add_deliveries(&later, &[new_ua()])
+        .add_deliveries(&later_one, &[new_ua()], now)
         .await
         .expect("add_deliveries"));
-    let unrouted = store.unrouted(10_000).await.expect("unrouted");
-    assert!(!ids(&unrouted).contains(&later.message_id.as_str()));
+    let unrouted = store.unrouted(now, 10_000).await.expect("unrouted");
+    assert!(!ids(&unrouted).contains(&&later_one.message_id));
+}
+
+pub async fn unrouted_leaves_out_expired(store: &dyn Store) {
+    let now = now();
+    let app = new_app();
+    let short = notification(&app, &uid(), 10, now, millis());
+    let replaced = notification(&app, &uid(), 3600, now, millis());
+    let replacement = notification(&app, &replaced.id, 3600, now, later(millis(), 1));
+    for n in [&short, &replaced, &replacement] {
+        store
+            .insert_notification(n, now)
+            .await
+            .expect("insert_notification");
+    }
+    let unrouted = store.unrouted(now, 10_000).await.expect("unrouted");
+    assert!(ids(&unrouted).contains(&&short.message_id));
+    assert!(
+        !ids(&unrouted).contains(&&replaced.message_id),
+        "a replaced notification needs no routing"
+    );
+    let unrouted = store
+        .unrouted(now.plus(10), 10_000)
+        .await
+        .expect("unrouted");
+    assert!(
+        !ids(&unrouted).contains(&&short.message_id),
+        "an expired notification needs no routing"
+    );
+    assert!(ids(&unrouted).contains(&&replacement.message_id));
 }
 
 pub async fn status_reports_deliveries(store: &dyn Store) {
-    let now = crate::now_secs();
+    let now = now();
     assert_eq!(
-        store.status(&uid(), &uid(), now).await.expect("status"),
+        store.status(&new_app(), &uid(), now).await.expect("status"),
         None,
         "an unknown notification has no report"
     );
 
     let (a, b, c) = (new_ua(), new_ua(), new_ua());
-    let n = notification(&uid(), &uid(), 60, now, crate::now_millis());
+    let n = notification(&new_app(), &uid(), 60, now, millis());
     store
-        .insert_notification(&n)
+        .insert_notification(&n, now)
         .await
         .expect("insert_notification");
     assert_eq!(
@@ -684,7 +833,7 @@ pub async fn status_reports_deliveries(store: &dyn Store) {
         "another AS id of the same app has no report"
     );
     assert!(store
-        .add_deliveries(&n, &[a.clone(), b.clone(), c.clone()])
+        .add_deliveries(&n, &[a.clone(), b.clone(), c.clone()], now)
         .await
         .expect("add_deliveries"));
     store
@@ -698,16 +847,12 @@ pub async fn status_reports_deliveries(store: &dyn Store) {
         .await
         .expect("update_deliveries");
 
-    let report = store
-        .status(&n.app_token, &n.id, now)
-        .await
-        .expect("status")
-        .expect("a report");
-    assert_eq!(report.id, n.id);
-    assert_eq!(report.message_id, n.message_id);
-    assert_eq!(report.deliveries.len(), 3, "one delivery per UA");
+    let current = report(store, &n, now).await;
+    assert_eq!(current.id, n.id);
+    assert_eq!(current.message_id, n.message_id);
+    assert_eq!(current.deliveries.len(), 3, "one delivery per UA");
     assert_eq!(
-        statuses(&report),
+        statuses(&current),
         sorted(vec![
             (a.clone(), DeliveryStatus::Pending),
             (b.clone(), DeliveryStatus::Sent),
@@ -715,13 +860,13 @@ pub async fn status_reports_deliveries(store: &dyn Store) {
         ])
     );
 
-    let report = store
-        .status(&n.app_token, &n.id, now + 120)
+    let expired = store
+        .status(&n.app_token, &n.id, now.plus(120))
         .await
         .expect("status")
         .expect("an expired notification still has a report until it is purged");
     assert_eq!(
-        statuses(&report),
+        statuses(&expired),
         sorted(vec![
             (a, DeliveryStatus::Expired),
             (b, DeliveryStatus::Expired),
@@ -732,32 +877,29 @@ pub async fn status_reports_deliveries(store: &dyn Store) {
 }
 
 pub async fn purge_removes_expired_and_old_acked(store: &dyn Store) {
-    let now = crate::now_secs();
-    let created = crate::now_millis();
+    let now = now();
+    let created = millis();
     let (a, b) = (new_ua(), new_ua());
 
-    let short = notification(&uid(), &uid(), 5, now, created);
-    let long = notification(&uid(), &uid(), 3600, now, created);
+    let short = notification(&new_app(), &uid(), 5, now, created);
+    let long = notification(&new_app(), &uid(), 3600, now, created);
     for n in [&short, &long] {
-        store
-            .insert_notification(n)
-            .await
-            .expect("insert_notification");
-        assert!(store
-            .add_deliveries(n, &[a.clone(), b.clone()])
-            .await
-            .expect("add_deliveries"));
+        stored_and_routed(store, n, &[a.clone(), b.clone()], now).await;
     }
     store
         .update_deliveries(&[update(&long, &a, DeliveryStatus::Acked)], now)
         .await
         .expect("update_deliveries");
     store
-        .update_deliveries(&[update(&long, &b, DeliveryStatus::Acked)], now + 5)
+        .update_deliveries(&[update(&long, &b, DeliveryStatus::Acked)], now.plus(5))
         .await
         .expect("update_deliveries");
 
-    let removed = store.purge(now + 10, now + 1).await.expect("purge");
+    // Deliveries acked before now + 1 are past their retention.
+    let removed = store
+        .purge(now.plus(10), Retention { acked_secs: 9 })
+        .await
+        .expect("purge");
     assert!(
         removed >= 2,
         "at least the expired notification and the old acked delivery went, got {removed}"
@@ -775,17 +917,63 @@ pub async fn purge_removes_expired_and_old_acked(store: &dyn Store) {
         let out = store.outstanding(ua, now, 100).await.expect("outstanding");
         assert!(out.is_empty());
     }
-    let report = store
-        .status(&long.app_token, &long.id, now + 10)
+    let kept = store
+        .status(&long.app_token, &long.id, now.plus(10))
         .await
         .expect("status")
         .expect("the unexpired notification stays");
     assert_eq!(
-        statuses(&report),
+        statuses(&kept),
         vec![(b, DeliveryStatus::Acked)],
-        "deliveries acked before acked_before go, later ones stay"
+        "deliveries acked before the retention go, later ones stay"
     );
 
-    let unrouted = store.unrouted(10_000).await.expect("unrouted");
-    assert!(!ids(&unrouted).contains(&short.message_id.as_str()));
+    let unrouted = store.unrouted(now, 10_000).await.expect("unrouted");
+    assert!(!ids(&unrouted).contains(&&short.message_id));
+}
+
+pub async fn purge_removes_routed_notifications_with_nothing_left(store: &dyn Store) {
+    let now = now();
+    let ua = new_ua();
+    let done = notification(&new_app(), &uid(), 3600, now, millis());
+    let owed = notification(&new_app(), &uid(), 3600, now, millis());
+    let to_nobody = notification(&new_app(), &uid(), 3600, now, millis());
+    let on_its_way = notification(&new_app(), &uid(), 3600, now, millis());
+    stored_and_routed(store, &done, std::slice::from_ref(&ua), now).await;
+    stored_and_routed(store, &owed, std::slice::from_ref(&ua), now).await;
+    stored_and_routed(store, &to_nobody, &[], now).await;
+    store
+        .insert_notification(&on_its_way, now)
+        .await
+        .expect("insert_notification");
+    store
+        .update_deliveries(&[update(&done, &ua, DeliveryStatus::Acked)], now)
+        .await
+        .expect("update_deliveries");
+
+    // Well within every notification's TTL, and past the acked delivery's retention.
+    store
+        .purge(now.plus(100), Retention { acked_secs: 10 })
+        .await
+        .expect("purge");
+    for (n, kept) in [
+        (&done, false),
+        (&to_nobody, false),
+        (&owed, true),
+        (&on_its_way, true),
+    ] {
+        let found = store
+            .status(&n.app_token, &n.id, now)
+            .await
+            .expect("status")
+            .is_some();
+        assert_eq!(
+            found, kept,
+            "routed with nothing left goes; owed or not yet routed stays"
+        );
+    }
+    let out = store.outstanding(&ua, now, 100).await.expect("outstanding");
+    assert_eq!(ids(&out), vec![&owed.message_id]);
+    let unrouted = store.unrouted(now, 10_000).await.expect("unrouted");
+    assert!(ids(&unrouted).contains(&&on_its_way.message_id));
 }

@@ -2,10 +2,10 @@
 //! bounded tokio channels, events a tokio broadcast channel. Nothing survives the process,
 //! which is the one-process mode's contract anyway.
 
-use super::{Acker, Broker, BrokerError, Delivery, QueueKind, Subscription};
-use super::{NEW_MESSAGES, UDP_WAKEUPS};
 use async_trait::async_trait;
 use bytes::Bytes;
+use common::messages::{RouteEvent, NEW_MESSAGES, UDP_WAKEUPS};
+use ns_broker::{Acker, Broker, BrokerError, Delivery, Event, Events, QueueKind, Subscription};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, mpsc};
@@ -31,7 +31,7 @@ pub struct LocalBroker {
 
 struct Inner {
     queues: Mutex<HashMap<String, Queue>>,
-    events: broadcast::Sender<Bytes>,
+    events: broadcast::Sender<RouteEvent>,
 }
 
 /// One queue: a channel whose receiving end the consumers take turns on.
@@ -94,14 +94,14 @@ impl LocalBroker {
                 events: broadcast::channel(EVENTS_CAPACITY).0,
             }),
         };
-        broker.declare_durable(NEW_MESSAGES);
-        broker.declare_durable(UDP_WAKEUPS);
+        broker.declare(NEW_MESSAGES);
+        broker.declare(UDP_WAKEUPS);
         broker
     }
 
     /// Creates a durable queue (if needed) so that it can be published to before anyone
     /// consumes it.
-    pub fn declare_durable(&self, queue: &str) {
+    fn declare(&self, queue: &str) {
         self.inner
             .queues()
             .entry(queue.to_owned())
@@ -136,8 +136,7 @@ impl Broker for LocalBroker {
     }
 
     async fn declare_durable(&self, queue: &str) -> Result<(), BrokerError> {
-        // The inherent method of the same name does the work.
-        LocalBroker::declare_durable(self, queue);
+        self.declare(queue);
         Ok(())
     }
 
@@ -187,13 +186,13 @@ impl Broker for LocalBroker {
         Ok(subscription)
     }
 
-    async fn publish_event(&self, payload: Bytes) -> Result<(), BrokerError> {
+    async fn publish_event(&self, event: &RouteEvent) -> Result<(), BrokerError> {
         // An error only means nobody subscribes, which is fine for events.
-        let _ = self.inner.events.send(payload);
+        let _ = self.inner.events.send(event.clone());
         Ok(())
     }
 
-    async fn subscribe_events(&self) -> Result<Subscription, BrokerError> {
+    async fn subscribe_events(&self) -> Result<Events, BrokerError> {
         let mut events = self.inner.events.subscribe();
         let (tx, subscription) = mpsc::channel(EVENTS_BUFFER);
         tokio::spawn(async move {
@@ -202,20 +201,15 @@ impl Broker for LocalBroker {
                     received = events.recv() => received,
                     _ = tx.closed() => return,
                 };
-                let payload = match received {
-                    Ok(payload) => payload,
-                    // The subscriber fell behind: the empty payload tells it to drop its caches.
+                let event = match received {
+                    Ok(event) => Event::Route(event),
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
                         debug!(skipped, "event subscriber lagged");
-                        Bytes::new()
+                        Event::Missed
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                if tx
-                    .send(Delivery::new(payload, Box::new(NoAck)))
-                    .await
-                    .is_err()
-                {
+                if tx.send(event).await.is_err() {
                     return;
                 }
             }
@@ -297,28 +291,30 @@ impl Acker for LocalAcker {
     }
 }
 
-/// Event deliveries need no ack.
-struct NoAck;
-
-#[async_trait]
-impl Acker for NoAck {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
-
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
     use std::time::Duration;
     use tokio::time::timeout;
 
     const DEADLINE: Duration = Duration::from_secs(5);
+
+    async fn fixture() -> LocalFixture {
+        LocalFixture(LocalBroker::new())
+    }
+
+    struct LocalFixture(LocalBroker);
+
+    #[async_trait]
+    impl ns_broker::conformance::Fixture for LocalFixture {
+        fn broker(&self) -> &dyn Broker {
+            &self.0
+        }
+
+        async fn tear_down(self) {}
+    }
+
+    ns_broker::conformance_tests!(fixture);
 
     async fn next(subscription: &mut Subscription) -> Delivery {
         timeout(DEADLINE, subscription.recv())
@@ -327,41 +323,12 @@ mod tests {
             .expect("the subscription ended")
     }
 
-    fn name() -> String {
-        format!("q-{}", uuid::Uuid::new_v4().simple())
-    }
-
-    #[tokio::test]
-    async fn round_trip_with_ack() {
-        let broker = LocalBroker::new();
-        assert!(broker.is_healthy());
-        let queue = name();
-        let mut subscription = broker
-            .consume(&queue, QueueKind::Durable, 10)
-            .await
-            .unwrap();
-        broker
-            .publish(&queue, Bytes::from_static(b"one"))
-            .await
-            .unwrap();
-        let delivery = next(&mut subscription).await;
-        assert_eq!(delivery.payload, Bytes::from_static(b"one"));
-        delivery.ack().await.unwrap();
-    }
-
     #[tokio::test]
     async fn nack_requeues_at_the_back() {
         let broker = LocalBroker::new();
-        let queue = name();
-        let mut subscription = broker.consume(&queue, QueueKind::Durable, 1).await.unwrap();
-        broker
-            .publish(&queue, Bytes::from_static(b"a"))
-            .await
-            .unwrap();
-        broker
-            .publish(&queue, Bytes::from_static(b"b"))
-            .await
-            .unwrap();
+        let mut subscription = broker.consume("q", QueueKind::Durable, 1).await.unwrap();
+        broker.publish("q", Bytes::from_static(b"a")).await.unwrap();
+        broker.publish("q", Bytes::from_static(b"b")).await.unwrap();
         next(&mut subscription).await.nack().await.unwrap();
         assert_eq!(
             next(&mut subscription).await.payload,
@@ -374,11 +341,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn durable_queues_buffer_until_a_consumer_comes() {
+    async fn the_servers_durable_queues_exist_from_the_start_and_outlive_their_consumer() {
         let broker = LocalBroker::new();
-        // Declared up front, like the server's own durable queues.
         broker
             .publish(NEW_MESSAGES, Bytes::from_static(b"early"))
+            .await
+            .unwrap();
+        broker
+            .publish(UDP_WAKEUPS, Bytes::from_static(b"early"))
             .await
             .unwrap();
         let mut subscription = broker
@@ -389,7 +359,6 @@ mod tests {
             next(&mut subscription).await.payload,
             Bytes::from_static(b"early")
         );
-        // And they outlive their consumer.
         drop(subscription);
         broker
             .publish(NEW_MESSAGES, Bytes::from_static(b"later"))
@@ -406,47 +375,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn publishing_to_a_missing_queue_is_unroutable() {
-        let broker = LocalBroker::new();
-        match broker.publish("nobody", Bytes::from_static(b"x")).await {
-            Err(BrokerError::Unroutable(queue)) => assert_eq!(queue, "nobody"),
-            other => panic!("expected Unroutable, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn private_queue_goes_away_with_its_consumer() {
-        let broker = LocalBroker::new();
-        let mut subscription = broker
-            .consume("ws.a", QueueKind::Private, 10)
-            .await
-            .unwrap();
-        broker
-            .publish("ws.a", Bytes::from_static(b"hi"))
-            .await
-            .unwrap();
-        next(&mut subscription).await.ack().await.unwrap();
-        drop(subscription);
-        assert!(matches!(
-            broker.publish("ws.a", Bytes::from_static(b"hi")).await,
-            Err(BrokerError::Unroutable(_))
-        ));
-        // A new consumer gets a new, empty queue.
-        let mut subscription = broker
-            .consume("ws.a", QueueKind::Private, 10)
-            .await
-            .unwrap();
-        broker
-            .publish("ws.a", Bytes::from_static(b"new"))
-            .await
-            .unwrap();
-        assert_eq!(
-            next(&mut subscription).await.payload,
-            Bytes::from_static(b"new")
-        );
-    }
-
-    #[tokio::test]
     async fn queue_kinds_do_not_mix() {
         let broker = LocalBroker::new();
         let _subscription = broker.consume("ws.a", QueueKind::Private, 1).await.unwrap();
@@ -457,97 +385,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn events_fan_out_to_every_subscriber() {
-        let broker = LocalBroker::new();
-        let mut first = broker.subscribe_events().await.unwrap();
-        let mut second = broker.subscribe_events().await.unwrap();
-        broker
-            .publish_event(Bytes::from_static(b"changed"))
-            .await
-            .unwrap();
-        for subscription in [&mut first, &mut second] {
-            let delivery = next(subscription).await;
-            assert_eq!(delivery.payload, Bytes::from_static(b"changed"));
-            delivery.ack().await.unwrap();
-        }
-    }
-
-    #[tokio::test]
     async fn a_lagging_event_subscriber_is_told_it_missed_events() {
         let broker = LocalBroker::new();
-        let mut subscription = broker.subscribe_events().await.unwrap();
+        let mut events = broker.subscribe_events().await.unwrap();
         let count = EVENTS_CAPACITY + EVENTS_BUFFER + 100;
         for i in 0..count {
-            broker
-                .publish_event(Bytes::from(format!("e{i}")))
-                .await
-                .unwrap();
+            let event = RouteEvent::Ua {
+                ua: common::model::UaId::new(format!("u{i}")),
+            };
+            broker.publish_event(&event).await.unwrap();
         }
         let mut received = 0;
         let mut told = false;
-        while let Ok(Some(delivery)) =
-            timeout(Duration::from_millis(200), subscription.recv()).await
-        {
-            told |= delivery.payload.is_empty();
+        while let Ok(Some(event)) = timeout(Duration::from_millis(200), events.recv()).await {
+            told |= event == Event::Missed;
             received += 1;
         }
-        assert!(told, "no empty payload among {received} deliveries");
+        assert!(told, "no Missed among {received} events");
         assert!(received < count);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn many_concurrent_publishes_are_consumed() {
-        const COUNT: usize = 2000;
-        let broker = LocalBroker::new();
-        let queue = name();
-        let mut subscription = broker
-            .consume(&queue, QueueKind::Durable, 50)
-            .await
-            .unwrap();
-        let publishes = (0..COUNT).map(|i| broker.publish(&queue, Bytes::from(i.to_string())));
-        let results = timeout(DEADLINE, futures::future::join_all(publishes))
-            .await
-            .unwrap();
-        assert!(results.iter().all(Result::is_ok));
-        let mut seen = HashSet::new();
-        while seen.len() < COUNT {
-            let delivery = next(&mut subscription).await;
-            seen.insert(delivery.payload.clone());
-            delivery.ack().await.unwrap();
-        }
-    }
-
-    #[tokio::test]
-    async fn consumers_of_a_durable_queue_share_its_messages() {
-        const COUNT: usize = 100;
-        let broker = LocalBroker::new();
-        let queue = name();
-        let mut first = broker.consume(&queue, QueueKind::Durable, 1).await.unwrap();
-        let mut second = broker.consume(&queue, QueueKind::Durable, 1).await.unwrap();
-        let publisher = {
-            let broker = broker.clone();
-            let queue = queue.clone();
-            tokio::spawn(async move {
-                for i in 0..COUNT {
-                    broker
-                        .publish(&queue, Bytes::from(i.to_string()))
-                        .await
-                        .unwrap();
-                }
-            })
-        };
-        let mut seen = Vec::new();
-        let (mut from_first, mut from_second) = (0, 0);
-        while seen.len() < COUNT {
-            let delivery = tokio::select! {
-                delivery = next(&mut first) => { from_first += 1; delivery }
-                delivery = next(&mut second) => { from_second += 1; delivery }
-            };
-            seen.push(delivery.payload);
-        }
-        publisher.await.unwrap();
-        let distinct: HashSet<_> = seen.iter().collect();
-        assert_eq!(distinct.len(), COUNT, "a message was delivered twice");
-        assert!(from_first > 0 && from_second > 0);
     }
 }

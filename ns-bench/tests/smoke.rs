@@ -1,25 +1,22 @@
-//! `ns-bench` keeps working: each scenario, small, against the one-process server. The
-//! figures are not judged here (BENCHMARKS.md has them); what is checked is that every
-//! notification the server accepted was counted as delivered, and nothing failed.
-
-use std::process::Command;
+//! `ns-bench` keeps working: each scenario, small, against the one-process server running in
+//! this test's process. The figures are not judged here (BENCHMARKS.md has them); what is
+//! checked is that every notification the server accepted was counted as delivered, and
+//! nothing failed.
 
 use ns_tests::{Backend, Cluster};
 use serde_json::Value;
 
 /// Runs one scenario with `--json` against `c` and returns its results.
-fn bench(c: &mut Cluster, args: &[&str]) -> Value {
-    let pid = c
-        .proc("ns-standalone")
-        .pid()
-        .expect("server running")
-        .to_string();
+async fn bench(c: &Cluster, args: &[&str]) -> Value {
+    // The server is this process.
+    let pid = std::process::id().to_string();
     let ws = c.ws_url(0);
     let udp = c.udp_url.clone();
-    let output = Command::new(ns_tests::cluster::bench_bin())
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ns-bench"))
         .args(["--ws", &ws, "--udp-http", &udp, "--pid", &pid, "--json"])
         .args(args)
         .output()
+        .await
         .expect("running ns-bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -39,12 +36,9 @@ fn empty(v: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_and_counts_every_delivery() {
-    let mut c = Cluster::start(Backend::Embedded).await;
+    let c = Cluster::start(Backend::Embedded).await;
 
-    let r = bench(
-        &mut c,
-        &["idle", "--connections", "300", "--hold-secs", "1"],
-    );
+    let r = bench(&c, &["idle", "--connections", "300", "--hold-secs", "1"]).await;
     assert_eq!(r["connected"], 300, "{r}");
     assert!(
         empty(&r["failed"]) && empty(&r["dropped_while_held"]),
@@ -72,7 +66,7 @@ async fn every_scenario_runs_and_counts_every_delivery() {
             320,
         ),
     ] {
-        let r = bench(&mut c, args);
+        let r = bench(&c, args).await;
         assert_eq!(r["accepted"], sent, "{r}");
         assert_eq!(r["deliveries_owed"], sent, "{r}");
         assert_eq!(r["delivered"], sent, "{r}");
@@ -82,19 +76,19 @@ async fn every_scenario_runs_and_counts_every_delivery() {
         assert_eq!(r["latency_notify_to_ua"]["count"], 300, "{r}");
     }
 
-    let r = bench(&mut c, &["fanout", "--uas", "10", "--count", "50"]);
+    let r = bench(&c, &["fanout", "--uas", "10", "--count", "50"]).await;
     assert_eq!(r["accepted"], 50, "{r}");
     assert_eq!(r["deliveries_owed"], 500, "{r}");
     assert_eq!(r["delivered"], 500, "{r}");
     assert!(empty(&r["notify_errors"]) && empty(&r["ua_errors"]), "{r}");
 
-    let r = bench(&mut c, &["stored", "--uas", "10", "--count", "300"]);
+    let r = bench(&c, &["stored", "--uas", "10", "--count", "300"]).await;
     assert_eq!(r["accepted"], 300, "{r}");
     assert_eq!(r["delivered"], 300, "{r}");
     assert_eq!(r["duplicates"], 0, "{r}");
     assert!(empty(&r["ua_errors"]), "{r}");
 
-    let r = bench(&mut c, &["wakeup", "--uas", "5", "--count", "20"]);
+    let r = bench(&c, &["wakeup", "--uas", "5", "--count", "20"]).await;
     assert_eq!(r["woken"], 20, "{r}");
     assert_eq!(r["pulled"], 20, "{r}");
     assert!(empty(&r["errors"]), "{r}");

@@ -1,0 +1,479 @@
+//! The embedded store of the one-process mode: redb on disk as the record, indexes in
+//! memory for the reads.
+//!
+//! Writes are commands handed to one writer thread. It takes every command queued, plans
+//! each against what is committed plus what the commands before it in the group will change
+//! ([`plan::View`]), commits all their changes in one redb transaction (group commit: one
+//! fsync for many writes), and only then applies them to the in-memory indexes and answers.
+//! Memory therefore only ever holds what is on disk: a failed commit changes nothing, and
+//! its callers get an error. At open, the indexes are rebuilt from the tables.
+
+mod mem;
+mod plan;
+mod tables;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use common::delivery::{DeliveryUpdate, StatusReport};
+use common::model::{App, AppToken, EpochSecs, Live, MessageId, UaId, UaRoute};
+use common::notification::Notification;
+use common::purge::Retention;
+use ns_store::{Store, StoreError, StoreResult};
+use redb::Database;
+use tokio::sync::{mpsc, oneshot};
+
+use mem::Mem;
+use plan::{Changes, Command, Outcome};
+use tables::CommitError;
+
+/// Commands committed in one transaction at most.
+const MAX_GROUP: usize = 4096;
+/// Notifications the purge looks at in one command, so that it never holds up the writer
+/// (and every write behind it) for a walk over all of them.
+const PURGE_CHUNK: usize = 1_000;
+
+type Job = (Command, oneshot::Sender<StoreResult<Outcome>>);
+
+/// The writer thread is gone: the store is shutting down, or the thread failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the store's writer has stopped")]
+struct WriterStopped;
+
+/// The one-process store. Cloning shares it; the writer thread stops, after finishing what
+/// was queued, when the last clone is dropped.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mem: Arc<RwLock<Mem>>,
+    writer: Option<mpsc::Sender<Job>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread's loop once it has answered what it holds.
+        self.writer.take();
+        let thread = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the store's writer thread panicked");
+            }
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database file and rebuilds the indexes from it.
+    pub fn open(path: &Path) -> StoreResult<EmbeddedStore> {
+        let db = Database::create(path).map_err(tables::unavailable)?;
+        tables::create_all(&db)?;
+        let mem = tables::load(&db)?;
+        Self::start(mem, move |changes| tables::commit(&db, changes))
+    }
+
+    /// The store over `mem`, with a writer thread that commits with `commit`.
+    fn start(
+        mem: Mem,
+        commit: impl FnMut(&Changes) -> Result<(), CommitError> + Send + 'static,
+    ) -> StoreResult<EmbeddedStore> {
+        let mem = Arc::new(RwLock::new(mem));
+        let (tx, rx) = mpsc::channel(MAX_GROUP);
+        let thread = {
+            let mem = mem.clone();
+            std::thread::Builder::new()
+                .name("ns-store-writer".into())
+                .spawn(move || write_loop(&mem, rx, commit))
+                .map_err(StoreError::unavailable)?
+        };
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                mem,
+                writer: Some(tx),
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    fn mem(&self) -> RwLockReadGuard<'_, Mem> {
+        self.inner
+            .mem
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `command` through the writer; returns once its changes are committed and
+    /// applied.
+    async fn run(&self, command: Command) -> StoreResult<Outcome> {
+        let stopped = || StoreError::unavailable(WriterStopped);
+        let writer = self.inner.writer.as_ref().ok_or_else(stopped)?;
+        let (done, outcome) = oneshot::channel();
+        writer.send((command, done)).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+}
+
+/// The writer thread: plans every queued command, commits them in one transaction, applies
+/// them to memory, then answers them all.
+fn write_loop(
+    mem: &RwLock<Mem>,
+    mut jobs: mpsc::Receiver<Job>,
+    mut commit: impl FnMut(&Changes) -> Result<(), CommitError>,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while jobs.blocking_recv_many(&mut group, MAX_GROUP) > 0 {
+        let (commands, waiters): (Vec<Command>, Vec<_>) = group.drain(..).unzip();
+        let (outcomes, changes) = {
+            let committed = mem.read().unwrap_or_else(PoisonError::into_inner);
+            plan::plan_group(&committed, commands)
+        };
+        let result = if changes.is_empty() {
+            Ok(())
+        } else {
+            commit(&changes)
+        };
+        match result {
+            Ok(()) => {
+                mem.write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .apply(changes);
+                for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                    // A caller that stopped waiting needs no answer: its write is done.
+                    let _ = waiter.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, commands = waiters.len(), "committing to the store failed");
+                let error = Arc::new(error);
+                for waiter in waiters {
+                    let answer = match &*error {
+                        CommitError::Encode(_) => {
+                            StoreError::corrupt("a record to write", error.clone())
+                        }
+                        CommitError::Database(_) => StoreError::unavailable(error.clone()),
+                    };
+                    let _ = waiter.send(Err(answer));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn register_ua(&self, route: &UaRoute) -> StoreResult<Option<UaRoute>> {
+        self.run(Command::RegisterUa(route.clone()))
+            .await?
+            .into_previous()
+    }
+
+    async fn disconnect_ua(&self, ua: &UaId, live: &Live) -> StoreResult<()> {
+        self.run(Command::DisconnectUa(ua.clone(), live.clone()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn ua_routes(&self, uas: &[UaId]) -> StoreResult<Vec<UaRoute>> {
+        let mem = self.mem();
+        Ok(uas.iter().filter_map(|ua| mem.route(ua)).collect())
+    }
+
+    async fn put_app(&self, app: &App) -> StoreResult<()> {
+        self.run(Command::PutApp(app.clone())).await.map(|_| ())
+    }
+
+    async fn get_app(&self, app_token: &AppToken) -> StoreResult<Option<App>> {
+        Ok(self.mem().apps.get(app_token).map(|pbk| App {
+            app_token: app_token.clone(),
+            pbk: pbk.clone(),
+        }))
+    }
+
+    async fn register_wa(&self, ua: &UaId, app_token: &AppToken) -> StoreResult<()> {
+        self.run(Command::RegisterWa(ua.clone(), app_token.clone()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn unregister_wa(&self, ua: &UaId, app_token: &AppToken) -> StoreResult<bool> {
+        self.run(Command::UnregisterWa(ua.clone(), app_token.clone()))
+            .await?
+            .into_bool()
+    }
+
+    async fn app_uas(&self, app_token: &AppToken) -> StoreResult<Vec<UaId>> {
+        Ok(self
+            .mem()
+            .registrations
+            .get(app_token)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn insert_notification(&self, n: &Notification, now: EpochSecs) -> StoreResult<()> {
+        self.run(Command::InsertNotification(n.clone(), now))
+            .await
+            .map(|_| ())
+    }
+
+    async fn add_deliveries(
+        &self,
+        n: &Notification,
+        uas: &[UaId],
+        now: EpochSecs,
+    ) -> StoreResult<bool> {
+        self.run(Command::AddDeliveries(
+            n.message_id.clone(),
+            uas.to_vec(),
+            now,
+        ))
+        .await?
+        .into_bool()
+    }
+
+    async fn unrouted(&self, now: EpochSecs, limit: usize) -> StoreResult<Vec<Notification>> {
+        Ok(self.mem().unrouted(now, limit))
+    }
+
+    async fn update_deliveries(
+        &self,
+        updates: &[DeliveryUpdate],
+        now: EpochSecs,
+    ) -> StoreResult<u64> {
+        if updates.is_empty() {
+            return Ok(0);
+        }
+        self.run(Command::UpdateDeliveries(updates.to_vec(), now))
+            .await?
+            .into_count()
+    }
+
+    async fn outstanding(
+        &self,
+        ua: &UaId,
+        now: EpochSecs,
+        limit: usize,
+    ) -> StoreResult<Vec<Notification>> {
+        Ok(self.mem().outstanding(ua, now, limit))
+    }
+
+    async fn status(
+        &self,
+        app_token: &AppToken,
+        id: &str,
+        now: EpochSecs,
+    ) -> StoreResult<Option<StatusReport>> {
+        Ok(self.mem().status(app_token, id, now))
+    }
+
+    async fn purge(&self, now: EpochSecs, retention: Retention) -> StoreResult<u64> {
+        // A chunk at a time, each its own command: writes queued meanwhile go in between.
+        let mut removed = 0;
+        let mut after: Option<MessageId> = None;
+        loop {
+            let command = Command::Purge {
+                after: after.take(),
+                limit: PURGE_CHUNK,
+                now,
+                retention,
+            };
+            let (count, last) = self.run(command).await?.into_purged()?;
+            removed += count;
+            match last {
+                Some(last) => after = Some(last),
+                None => return Ok(removed),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::model::{EpochMillis, Interface};
+
+    struct Fixture {
+        store: EmbeddedStore,
+        _dir: tempfile::TempDir,
+    }
+
+    #[async_trait]
+    impl ns_store::conformance::Fixture for Fixture {
+        fn store(&self) -> &dyn Store {
+            &self.store
+        }
+
+        async fn tear_down(self) {}
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open");
+        Fixture { store, _dir: dir }
+    }
+
+    ns_store::conformance_tests!(fixture);
+
+    const NOW: EpochSecs = EpochSecs(1_700_000_000);
+
+    fn notification(app: &str, id: &str, created_at: i64) -> Notification {
+        Notification {
+            message_id: MessageId::new(uuid::Uuid::now_v7().simple().to_string()),
+            app_token: AppToken::new(app),
+            id: id.into(),
+            message: "m".into(),
+            ttl: 3600,
+            timestamp: NOW,
+            expires_at: NOW.plus(3600),
+            priority: 4,
+            created_at: EpochMillis(created_at),
+        }
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let ua = UaId::new("u1");
+        let app = AppToken::new("app");
+        let n = notification("app", "a", 1);
+        let replaced = notification("app", "b", 2);
+        let replacement = notification("app", "b", 3);
+        let route = UaRoute::offline(
+            ua.clone(),
+            Some(Interface {
+                ip: "127.0.0.1".parse().unwrap(),
+                port: 9,
+            }),
+        );
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.register_ua(&route).await.unwrap();
+            store
+                .put_app(&App {
+                    app_token: app.clone(),
+                    pbk: Some("pem".into()),
+                })
+                .await
+                .unwrap();
+            store.register_wa(&ua, &app).await.unwrap();
+            for n in [&n, &replaced, &replacement] {
+                store.insert_notification(n, NOW).await.unwrap();
+            }
+            assert!(store
+                .add_deliveries(&n, std::slice::from_ref(&ua), NOW)
+                .await
+                .unwrap());
+        }
+        // Dropping the store joined its writer, so the file is free at once.
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(
+            store.get_app(&app).await.unwrap().and_then(|a| a.pbk),
+            Some("pem".into())
+        );
+        assert_eq!(store.app_uas(&app).await.unwrap(), vec![ua.clone()]);
+        assert_eq!(
+            store.ua_routes(std::slice::from_ref(&ua)).await.unwrap(),
+            vec![route]
+        );
+        assert_eq!(store.outstanding(&ua, NOW, 10).await.unwrap(), vec![n]);
+        let unrouted: Vec<_> = store
+            .unrouted(NOW, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.message_id)
+            .collect();
+        assert_eq!(
+            unrouted,
+            vec![replacement.message_id],
+            "what was replaced stays replaced"
+        );
+    }
+
+    #[tokio::test]
+    async fn group_commit_serves_many_concurrent_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let ns: Vec<_> = (0..1000)
+            .map(|i| notification("app", &i.to_string(), i))
+            .collect();
+        let results =
+            futures::future::join_all(ns.iter().map(|n| store.insert_notification(n, NOW))).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(store.unrouted(NOW, 10_000).await.unwrap().len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_changes_nothing_in_memory() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let failing = Arc::new(AtomicBool::new(true));
+        let store = {
+            let failing = failing.clone();
+            EmbeddedStore::start(Mem::default(), move |_| {
+                if failing.load(Ordering::SeqCst) {
+                    Err(CommitError::Database(redb::Error::DatabaseAlreadyOpen))
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap()
+        };
+        let ua = UaId::new("u");
+        let app = AppToken::new("app");
+        let n = notification("app", "a", 1);
+        assert!(matches!(
+            store.insert_notification(&n, NOW).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(store.register_wa(&ua, &app).await.is_err());
+        assert!(
+            store.unrouted(NOW, 10).await.unwrap().is_empty(),
+            "a refused notification is not there to be routed later"
+        );
+        assert_eq!(store.status(&app, "a", NOW).await.unwrap(), None);
+        assert!(store.app_uas(&app).await.unwrap().is_empty());
+
+        failing.store(false, Ordering::SeqCst);
+        store.insert_notification(&n, NOW).await.unwrap();
+        assert_eq!(store.unrouted(NOW, 10).await.unwrap(), vec![n]);
+    }
+
+    #[tokio::test]
+    async fn commands_in_one_group_see_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let ua = UaId::new("u");
+        let older = notification("app", "same", 1);
+        let newer = notification("app", "same", 2);
+        // Issued together, so that the writer is likely to take them as one group: each must
+        // be planned against the ones before it.
+        let (a, b, c) = tokio::join!(
+            store.insert_notification(&older, NOW),
+            store.add_deliveries(&older, std::slice::from_ref(&ua), NOW),
+            store.insert_notification(&newer, NOW),
+        );
+        a.unwrap();
+        c.unwrap();
+        let routed = b.unwrap();
+        let report = store.status(&older.app_token, "same", NOW).await.unwrap();
+        assert_eq!(report.map(|r| r.message_id), Some(newer.message_id));
+        assert!(
+            store.outstanding(&ua, NOW, 10).await.unwrap().is_empty(),
+            "routed ({routed}) or not, the older one is replaced"
+        );
+    }
+}

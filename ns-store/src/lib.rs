@@ -1,0 +1,160 @@
+//! The store seam: everything the services keep. MongoDB (`ns-store-mongo`) in the
+//! distributed mode, redb (`ns-store-redb`) in the one-process mode.
+//!
+//! The rules of what is kept live in `common` (delivery transitions, supersession, status
+//! reports, the purge policy); an implementation translates them into its storage, and the
+//! [`conformance`] suite (feature `conformance`) checks that it does, one test per
+//! behaviour.
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use async_trait::async_trait;
+use common::delivery::{DeliveryUpdate, StatusReport};
+use common::model::{App, AppToken, EpochSecs, Live, UaId, UaRoute};
+use common::notification::Notification;
+use common::purge::Retention;
+
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database can't be reached or failed; the caller answers 503 or retries.
+    #[error("the store is unavailable")]
+    Unavailable(#[source] Cause),
+    /// A stored record could not be read back, or a record could not be written as one.
+    #[error("{what} is corrupt")]
+    Corrupt {
+        what: String,
+        #[source]
+        source: Cause,
+    },
+}
+
+impl StoreError {
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable(Box::new(e))
+    }
+
+    pub fn corrupt(what: impl Into<String>, e: impl Into<Cause>) -> Self {
+        StoreError::Corrupt {
+            what: what.into(),
+            source: e.into(),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What every implementation keeps: UAs and where they are connected, WA registrations,
+/// notifications and their per-UA delivery states.
+///
+/// Every write is idempotent, because broker messages may be handled twice. Every method
+/// that depends on the time takes it as `now`; none reads a clock.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database does; drives `/health`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // --- UAs ---
+
+    /// Records `route` as where its UA is now: connected (`live` set) or only registered
+    /// for wake-ups. Returns the record as it was before.
+    async fn register_ua(&self, route: &UaRoute) -> StoreResult<Option<UaRoute>>;
+
+    /// Clears the UA's live connection, but only if it is still `live`: a newer connection
+    /// elsewhere must not be forgotten by the close of an older one.
+    async fn disconnect_ua(&self, ua: &UaId, live: &Live) -> StoreResult<()>;
+
+    /// Where these UAs are; unknown UAs are left out.
+    async fn ua_routes(&self, uas: &[UaId]) -> StoreResult<Vec<UaRoute>>;
+
+    // --- Apps ---
+
+    /// Stores an app (idempotent: its token is derived from its content).
+    async fn put_app(&self, app: &App) -> StoreResult<()>;
+
+    async fn get_app(&self, app_token: &AppToken) -> StoreResult<Option<App>>;
+
+    /// Registers `ua` for `app_token` (idempotent).
+    async fn register_wa(&self, ua: &UaId, app_token: &AppToken) -> StoreResult<()>;
+
+    /// Removes the registration; true if there was one.
+    async fn unregister_wa(&self, ua: &UaId, app_token: &AppToken) -> StoreResult<bool>;
+
+    /// The UAs registered for an app.
+    async fn app_uas(&self, app_token: &AppToken) -> StoreResult<Vec<UaId>>;
+
+    // --- Notifications ---
+
+    /// Stores a new notification and marks replaced every one it supersedes
+    /// ([`common::notification::superseded`]): the notifications, and their deliveries
+    /// that may still change ([`DeliveryStatus::can_become`] replaced), at `now`.
+    ///
+    /// [`DeliveryStatus::can_become`]: common::delivery::DeliveryStatus::can_become
+    async fn insert_notification(&self, n: &Notification, now: EpochSecs) -> StoreResult<()>;
+
+    /// Creates `pending` deliveries of `n` for these UAs at `now`, leaving existing ones as
+    /// they are, and marks the notification routed. Returns false, and creates nothing, when
+    /// the notification is no longer stored or was replaced: it must not be routed then.
+    async fn add_deliveries(
+        &self,
+        n: &Notification,
+        uas: &[UaId],
+        now: EpochSecs,
+    ) -> StoreResult<bool>;
+
+    /// Notifications stored but not yet routed (a crash between store and route) that still
+    /// need routing ([`NotificationState::needs_routing`]) and have not expired; oldest
+    /// first.
+    ///
+    /// [`NotificationState::needs_routing`]: common::notification::NotificationState::needs_routing
+    async fn unrouted(&self, now: EpochSecs, limit: usize) -> StoreResult<Vec<Notification>>;
+
+    /// Applies delivery state changes at `now`, each only where
+    /// [`DeliveryStatus::can_become`] allows it; updates of unknown deliveries are ignored.
+    /// Returns how many deliveries changed.
+    ///
+    /// [`DeliveryStatus::can_become`]: common::delivery::DeliveryStatus::can_become
+    async fn update_deliveries(
+        &self,
+        updates: &[DeliveryUpdate],
+        now: EpochSecs,
+    ) -> StoreResult<u64>;
+
+    /// The same changes as [`Store::update_deliveries`], for callers that need no count: the
+    /// store may write them together with other callers' (MongoDB does, in one command per
+    /// state for a whole batch). Returns once they are stored.
+    async fn record_deliveries(
+        &self,
+        updates: Vec<DeliveryUpdate>,
+        now: EpochSecs,
+    ) -> StoreResult<()> {
+        self.update_deliveries(&updates, now).await.map(|_| ())
+    }
+
+    /// What the UA is owed: its outstanding deliveries whose notification is still
+    /// deliverable ([`NotificationState::is_deliverable`]), oldest first.
+    ///
+    /// [`NotificationState::is_deliverable`]: common::notification::NotificationState::is_deliverable
+    async fn outstanding(
+        &self,
+        ua: &UaId,
+        now: EpochSecs,
+        limit: usize,
+    ) -> StoreResult<Vec<Notification>>;
+
+    /// The report ([`StatusReport::assemble`]) of the newest notification with this app and
+    /// AS id.
+    async fn status(
+        &self,
+        app_token: &AppToken,
+        id: &str,
+        now: EpochSecs,
+    ) -> StoreResult<Option<StatusReport>>;
+
+    /// Removes what [`common::purge`] condemns at `now`: deliveries past their retention,
+    /// then spent notifications with whatever deliveries they still have. Returns how many
+    /// records went.
+    async fn purge(&self, now: EpochSecs, retention: Retention) -> StoreResult<u64>;
+}
