@@ -109,11 +109,9 @@ impl DeliveryUpdate {
             })
             .collect()
     }
-}
 
-impl DeliveryUpdate {
     /// The same change of one notification for several UAs.
-    pub fn for_ua_each(
+    pub fn for_uas(
         uas: impl IntoIterator<Item = UaId>,
         message_id: &MessageId,
         status: DeliveryStatus,

@@ -79,7 +79,7 @@ async fn deliver(shared: &Shared, n: Notification, targets: Vec<UaId>) -> Handle
         .into_iter()
         .partition(|(_, here)| *here);
     if !n.is_ephemeral() && !here.is_empty() {
-        let updates = DeliveryUpdate::for_ua_each(
+        let updates = DeliveryUpdate::for_uas(
             here.into_iter().map(|(ua, _)| ua),
             &n.message_id,
             DeliveryStatus::Sent,

@@ -33,6 +33,7 @@ macro_rules! both_modes {
 both_modes!(
     token_endpoint,
     websocket_basics,
+    malformed_command_data,
     rejected_register_ua_closes,
     wa_registration_errors,
     notify_deliver_ack_and_status,
@@ -168,6 +169,28 @@ async fn websocket_basics(b: Backend) {
     .await
     .expect("pong");
     assert_eq!(&pong[..], &[7]);
+}
+
+async fn malformed_command_data(b: Backend) {
+    let c = Cluster::start(b).await;
+    let token = c.token().await;
+    let mut ua = Ua::registered(&c.ws_url(0), &token).await;
+    ua.send_text(r#"{"command": "ack", "data": "x"}"#).await;
+    assert_eq!(ua.next_error_code().await, 400, "data must be an object");
+    ua.command("ack", json!({})).await;
+    assert_eq!(ua.next_error_code().await, 400, "an ack names what it acks");
+    let many: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
+    ua.command("ack", json!({ "messageIds": many })).await;
+    assert_eq!(ua.next_error_code().await, 413);
+    ua.command(
+        "register/wa",
+        json!({ "uatoken": token, "watoken": "w", "pbkbase64": 3 }),
+    )
+    .await;
+    assert_eq!(ua.next_error_code().await, 458);
+    // None of these closed the connection.
+    ua.send_text("PING").await;
+    assert_eq!(ua.next_text().await, "PONG");
 }
 
 async fn rejected_register_ua_closes(b: Backend) {
