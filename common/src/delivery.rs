@@ -196,7 +196,6 @@ impl StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AppToken, EpochMillis};
     use DeliveryStatus::*;
 
     #[test]
@@ -285,17 +284,7 @@ mod tests {
 
     #[test]
     fn a_report_shows_owed_deliveries_of_an_expired_notification_as_expired() {
-        let n = Notification {
-            message_id: MessageId::new("m"),
-            app_token: AppToken::new("t"),
-            id: "a".into(),
-            message: "x".into(),
-            ttl: 10,
-            timestamp: EpochSecs(0),
-            expires_at: EpochSecs(10),
-            priority: 4,
-            created_at: EpochMillis(0),
-        };
+        let n = crate::test_support::notification(10, 4);
         let rows = [("c", Acked), ("a", Pending), ("b", Sent)].map(|(ua, status)| {
             (
                 UaId::new(ua),

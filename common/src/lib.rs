@@ -15,3 +15,25 @@ pub mod notification;
 pub mod purge;
 pub mod routing;
 pub mod validate;
+
+#[cfg(test)]
+mod test_support {
+    use crate::model::{AppToken, EpochMillis, EpochSecs, MessageId};
+    use crate::notification::Notification;
+
+    /// Notification `m` of app `t` with AS id `a`, made at time zero, expiring at
+    /// `ttl` seconds.
+    pub(crate) fn notification(ttl: u32, priority: u8) -> Notification {
+        Notification {
+            message_id: MessageId::new("m"),
+            app_token: AppToken::new("t"),
+            id: "a".into(),
+            message: "x".into(),
+            ttl,
+            timestamp: EpochSecs(0),
+            expires_at: EpochSecs(i64::from(ttl)),
+            priority,
+            created_at: EpochMillis(0),
+        }
+    }
+}

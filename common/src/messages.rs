@@ -82,21 +82,10 @@ pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, serde_json
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EpochMillis, EpochSecs, MessageId};
 
     #[test]
     fn a_new_message_reads_back_with_and_without_a_reroute() {
-        let notification = Notification {
-            message_id: MessageId::new("m"),
-            app_token: AppToken::new("t"),
-            id: "a".into(),
-            message: "x".into(),
-            ttl: 10,
-            timestamp: EpochSecs(1),
-            expires_at: EpochSecs(11),
-            priority: 4,
-            created_at: EpochMillis(1_000),
-        };
+        let notification = crate::test_support::notification(10, 4);
         let plain = NewMessage {
             notification: notification.clone(),
             reroute: None,

@@ -150,15 +150,8 @@ mod tests {
 
     fn notification(ttl: u32, expires_at: i64) -> Notification {
         Notification {
-            message_id: MessageId::new("m"),
-            app_token: AppToken::new("t"),
-            id: "a".into(),
-            message: "x".into(),
-            ttl,
-            timestamp: EpochSecs(0),
             expires_at: EpochSecs(expires_at),
-            priority: 4,
-            created_at: EpochMillis(0),
+            ..crate::test_support::notification(ttl, 4)
         }
     }
 

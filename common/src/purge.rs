@@ -47,7 +47,6 @@ pub fn notification_is_spent(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AppToken, EpochMillis, MessageId};
 
     #[test]
     fn acked_deliveries_go_after_the_retention_only() {
@@ -67,17 +66,7 @@ mod tests {
 
     #[test]
     fn notifications_go_when_expired_or_routed_with_nothing_left() {
-        let n = Notification {
-            message_id: MessageId::new("m"),
-            app_token: AppToken::new("t"),
-            id: "a".into(),
-            message: "x".into(),
-            ttl: 10,
-            timestamp: EpochSecs(0),
-            expires_at: EpochSecs(10),
-            priority: 4,
-            created_at: EpochMillis(0),
-        };
+        let n = crate::test_support::notification(10, 4);
         let routed = NotificationState {
             routed: true,
             replaced: false,

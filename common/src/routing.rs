@@ -53,20 +53,10 @@ pub fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AppToken, ConnId, EpochMillis, EpochSecs, Interface, MessageId};
+    use crate::model::{ConnId, Interface};
 
     fn notification(priority: u8, ttl: u32) -> Notification {
-        Notification {
-            message_id: MessageId::new("m"),
-            app_token: AppToken::new("t"),
-            id: "a".into(),
-            message: "x".into(),
-            ttl,
-            timestamp: EpochSecs(0),
-            expires_at: EpochSecs(i64::from(ttl)),
-            priority,
-            created_at: EpochMillis(0),
-        }
+        crate::test_support::notification(ttl, priority)
     }
 
     fn interface() -> Interface {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use common::crypto::Secret;
 use common::messages::{WakeUp, UDP_WAKEUPS};
 use common::model::{Interface, UaId};
-use ns_broker::Broker;
 use ns_broker_local::LocalBroker;
 use ns_runtime::metrics::Registry;
 use ns_runtime::Clock;

@@ -59,6 +59,20 @@ impl Ua {
         ua
     }
 
+    /// Connects and registers with a UDP `interface` on 127.0.0.1 at `port`; panics unless
+    /// the answer is `OK`.
+    pub async fn registered_wakeable(url: &str, token: &str, port: u16) -> Ua {
+        let mut ua = Ua::connect(url, token).await;
+        let interface = json!({ "ip": "127.0.0.1", "port": port });
+        ua.command(
+            "register/ua",
+            json!({ "uatoken": token, "interface": interface }),
+        )
+        .await;
+        assert_eq!(ua.next_text().await, "OK");
+        ua
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws
             .send(Message::Text(text.into()))

@@ -596,13 +596,7 @@ async fn udp_wakeup_pull_and_ack(b: Backend) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let port = socket.local_addr().unwrap().port();
     let token = c.token().await;
-    let mut ua = Ua::connect(&c.ws_url(0), &token).await;
-    ua.command(
-        "register/ua",
-        json!({"uatoken": token, "interface": {"ip": "127.0.0.1", "port": port}}),
-    )
-    .await;
-    assert_eq!(ua.next_text().await, "OK");
+    let mut ua = Ua::registered_wakeable(&c.ws_url(0), &token, port).await;
     let url = ua.register_wa("wa-udp").await;
     // Connected: every priority goes over the WebSocket, no datagram.
     c.notify(
