@@ -3,6 +3,7 @@
 //! this does the I/O it asks for. The loop is generic over its socket, so that tests drive
 //! it with channels.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,38 +78,42 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: Canc
         select_subprotocol,
         Some(ws_config()),
     ));
-    match handshake.await {
-        Ok(ws) => run(ws, shared, shutdown).await,
-        Err(e) => tracing::debug!(error = %e, "WebSocket handshake failed"),
-    }
+    // Bound before it is used: a `match` on the handshake would keep its result, socket and
+    // all, alive for as long as the connection.
+    let ws = match handshake.await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket handshake failed");
+            return;
+        }
+    };
+    run(ws, shared, shutdown).await;
 }
 
 /// Runs one connection over `socket` until the client leaves, the UA is taken over, or
 /// `shutdown`; then releases its UA.
-pub(crate) async fn run<S>(socket: S, shared: Arc<Shared>, shutdown: CancellationToken)
+///
+/// Not an `async fn`: the arguments of one stay in its future for good even once moved,
+/// and the socket is the largest part of an idle connection's memory. The future returned
+/// holds it once, inside the [`Conn`].
+pub(crate) fn run<S>(
+    socket: S,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     shared.metrics.connections.inc();
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let mut conn = Conn {
+    let conn = Conn {
         shared,
         id: ConnId::new(uuid::Uuid::new_v4().simple().to_string()),
         session: Session::default(),
         socket,
         tx,
     };
-    conn.serve(rx, shutdown).await;
-    let Conn {
-        shared,
-        id,
-        session,
-        ..
-    } = conn;
-    if let Some(ua) = session.into_release() {
-        release(&shared, ua, id).await;
-    }
-    shared.metrics.connections.dec();
+    conn.run(rx, shutdown)
 }
 
 /// Records the UA as disconnected, unless a newer connection has taken it over.
@@ -138,6 +143,14 @@ struct Conn<S> {
     tx: mpsc::Sender<Outbound>,
 }
 
+/// What the connection's loop waited for.
+enum Input {
+    Frame(Option<Result<Message, WsError>>),
+    Outbound(Option<Outbound>),
+    Ping,
+    Shutdown,
+}
+
 /// Why the loop ends early.
 enum End {
     /// The socket is gone.
@@ -150,33 +163,46 @@ impl<S> Conn<S>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
+    /// The connection's whole life. (An `async fn` taking `mut self` would keep a second
+    /// copy of the connection in its future; the block below captures it once.)
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold the connection twice"
+    )]
+    fn run(
+        mut self,
+        rx: mpsc::Receiver<Outbound>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> {
+        async move {
+            self.serve(rx, shutdown).await;
+            let Conn {
+                shared,
+                id,
+                session,
+                ..
+            } = self;
+            if let Some(ua) = session.into_release() {
+                // On the heap: only an ending connection needs its room.
+                Box::pin(release(&shared, ua, id)).await;
+            }
+            shared.metrics.connections.dec();
+        }
+    }
+
     async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>, shutdown: CancellationToken) {
         let period = Duration::from_secs(self.shared.settings.ping_interval_secs.max(1));
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let end = loop {
-            let result = tokio::select! {
-                frame = self.socket.next() => match frame {
-                    // On the heap: a command's future is large, and an idle connection
-                    // should not carry its room.
-                    Some(Ok(Message::Text(text))) => Box::pin(self.on_text(&text, &mut rx)).await,
-                    Some(Ok(Message::Binary(_))) => self.step(self.session.on_binary()).await,
-                    // Pings are answered by the WebSocket layer itself.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => Err(End::Gone),
-                },
-                outbound = rx.recv() => match outbound {
-                    Some(Outbound::Notify(queued)) => self.send_notification(queued.frame).await,
-                    Some(Outbound::TakenOver) => Err(End::Close(self.session.taken_over())),
-                    None => Err(End::Gone),
-                },
-                _ = ping.tick() => self
-                    .socket
-                    .send(Message::Ping(Default::default()))
-                    .await
-                    .map_err(|_| End::Gone),
-                _ = shutdown.cancelled() => Err(End::Close(Close::GoingAway)),
+            let input = tokio::select! {
+                frame = self.socket.next() => Input::Frame(frame),
+                outbound = rx.recv() => Input::Outbound(outbound),
+                _ = ping.tick() => Input::Ping,
+                _ = shutdown.cancelled() => Input::Shutdown,
             };
-            if let Err(end) = result {
+            // On the heap: what an input leads to takes far more room than the wait for one,
+            // and an idle connection should carry only the wait.
+            if let Err(end) = Box::pin(self.on_input(input, &mut rx)).await {
                 break end;
             }
         };
@@ -184,7 +210,34 @@ where
             if close == Close::TakenOver {
                 self.shared.metrics.taken_over.inc();
             }
-            self.close(close).await;
+            Box::pin(self.close(close)).await;
+        }
+    }
+
+    async fn on_input(
+        &mut self,
+        input: Input,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), End> {
+        match input {
+            Input::Frame(frame) => match frame {
+                Some(Ok(Message::Text(text))) => self.on_text(&text, rx).await,
+                Some(Ok(Message::Binary(_))) => self.step(self.session.on_binary()).await,
+                // Pings are answered by the WebSocket layer itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => Err(End::Gone),
+            },
+            Input::Outbound(outbound) => match outbound {
+                Some(Outbound::Notify(queued)) => self.send_notification(queued.frame).await,
+                Some(Outbound::TakenOver) => Err(End::Close(self.session.taken_over())),
+                None => Err(End::Gone),
+            },
+            Input::Ping => self
+                .socket
+                .send(Message::Ping(Default::default()))
+                .await
+                .map_err(|_| End::Gone),
+            Input::Shutdown => Err(End::Close(Close::GoingAway)),
         }
     }
 

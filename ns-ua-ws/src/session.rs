@@ -2,8 +2,6 @@
 //! registered so far, it decides what each client frame leads to, which queued
 //! notifications are sent after the pending ones, and what is left to release at the end.
 
-use std::collections::HashSet;
-
 use common::crypto::{self, Secret};
 use common::model::{App, AppToken, Interface, MessageId, UaId};
 use common::validate::{Code, ProtocolError};
@@ -58,9 +56,10 @@ pub(crate) enum Close {
 #[derive(Debug, Default)]
 pub(crate) struct Session {
     registered: Option<(String, UaId)>,
-    /// The notifications sent right after `OK`, while the ones routed here meanwhile are
-    /// drained: those must not go twice.
-    sent_after_ok: HashSet<MessageId>,
+    /// The notifications sent right after `OK`, sorted, while the ones routed here meanwhile
+    /// are drained: those must not go twice. (A sorted list rather than a set: every idle
+    /// connection carries this field.)
+    sent_after_ok: Vec<MessageId>,
 }
 
 impl Session {
@@ -165,16 +164,17 @@ impl Session {
     /// against them with [`Session::is_new`].
     pub(crate) fn sent_after_ok(&mut self, ids: impl IntoIterator<Item = MessageId>) {
         self.sent_after_ok = ids.into_iter().collect();
+        self.sent_after_ok.sort_unstable();
     }
 
     /// Whether a notification routed here during the pending send still needs sending.
     pub(crate) fn is_new(&self, id: &MessageId) -> bool {
-        !self.sent_after_ok.contains(id)
+        self.sent_after_ok.binary_search(id).is_err()
     }
 
     /// The queue is drained: from now on everything routed here is new.
     pub(crate) fn drained(&mut self) {
-        self.sent_after_ok = HashSet::new();
+        self.sent_after_ok = Vec::new();
     }
 
     /// The UA registered on another connection, which owns it now: this one closes with
@@ -314,9 +314,9 @@ mod tests {
     #[test]
     fn what_was_sent_after_ok_is_not_sent_again_until_drained() {
         let mut session = Session::default();
-        session.sent_after_ok([MessageId::new("a"), MessageId::new("b")]);
+        session.sent_after_ok(["c", "a", "b"].map(MessageId::new));
         assert!(!session.is_new(&MessageId::new("a")));
-        assert!(session.is_new(&MessageId::new("c")));
+        assert!(session.is_new(&MessageId::new("d")));
         session.drained();
         assert!(session.is_new(&MessageId::new("a")));
     }
