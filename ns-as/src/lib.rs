@@ -69,9 +69,7 @@ impl Settings {
         }
         problems
     }
-}
 
-impl Settings {
     /// The largest body read: the message can grow six-fold through JSON escapes.
     fn max_body(&self) -> u64 {
         (self.max_message_bytes as u64) * 6 + 4096
