@@ -14,12 +14,6 @@ pub struct Retention {
     pub acked_secs: i64,
 }
 
-impl Default for Retention {
-    fn default() -> Self {
-        Retention { acked_secs: 3600 }
-    }
-}
-
 impl Retention {
     /// Deliveries acked before this time are past their retention.
     pub fn acked_cutoff(&self, now: EpochSecs) -> EpochSecs {

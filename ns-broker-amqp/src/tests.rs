@@ -7,8 +7,8 @@ use common::model::UaId;
 use futures::FutureExt;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::ConnectionProperties;
-use ns_broker::conformance::DURABLE_QUEUES;
-use ns_broker::{Delivery, Event};
+use ns_broker::conformance::{next, next_event, DURABLE_QUEUES};
+use ns_broker::Event;
 use std::panic::AssertUnwindSafe;
 use tokio::time::timeout;
 
@@ -86,20 +86,6 @@ async fn delete(prefix: &str, durable_queues: &[&str]) {
         let _ = channel.close(200, "test done".into()).await;
     }
     let _ = connection.close(200, "test done".into()).await;
-}
-
-async fn next(subscription: &mut Subscription) -> Delivery {
-    timeout(DEADLINE, subscription.recv())
-        .await
-        .expect("no delivery before the deadline")
-        .expect("the subscription ended")
-}
-
-async fn next_event(events: &mut Events) -> Event {
-    timeout(DEADLINE, events.recv())
-        .await
-        .expect("no event before the deadline")
-        .expect("the event subscription ended")
 }
 
 /// Publishes `payload` to `queue` until the queue exists again.

@@ -294,10 +294,9 @@ impl Acker for LocalAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ns_broker::conformance::next;
     use std::time::Duration;
     use tokio::time::timeout;
-
-    const DEADLINE: Duration = Duration::from_secs(5);
 
     async fn fixture() -> LocalFixture {
         LocalFixture(LocalBroker::new())
@@ -315,13 +314,6 @@ mod tests {
     }
 
     ns_broker::conformance_tests!(fixture);
-
-    async fn next(subscription: &mut Subscription) -> Delivery {
-        timeout(DEADLINE, subscription.recv())
-            .await
-            .expect("no delivery before the deadline")
-            .expect("the subscription ended")
-    }
 
     #[tokio::test]
     async fn nack_requeues_at_the_back() {

@@ -79,14 +79,16 @@ macro_rules! conformance_tests {
     )*};
 }
 
-async fn next(subscription: &mut Subscription) -> Delivery {
+/// The next delivery of `subscription`; panics if none comes within the suite's deadline.
+pub async fn next(subscription: &mut Subscription) -> Delivery {
     timeout(DEADLINE, subscription.recv())
         .await
         .expect("no delivery before the deadline")
         .expect("the subscription ended")
 }
 
-async fn next_event(events: &mut Events) -> Event {
+/// The next event; panics if none comes within the suite's deadline.
+pub async fn next_event(events: &mut Events) -> Event {
     timeout(DEADLINE, events.recv())
         .await
         .expect("no event before the deadline")
