@@ -50,7 +50,7 @@ impl Secret {
         (Secret(text.clone().into_bytes()), text)
     }
 
-    fn mac(&self, domain: &[u8]) -> HmacSha256 {
+    pub(crate) fn mac(&self, domain: &[u8]) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
         let mut mac =
             <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
@@ -67,37 +67,45 @@ impl fmt::Debug for Secret {
 
 /// A new uatoken: 128 random bits followed by a truncated HMAC of them, URL-safe base64.
 pub fn new_uatoken(secret: &Secret) -> String {
+    new_bearer(secret, b"uatoken\0")
+}
+
+/// Checks a uatoken without any look-up; returns the UA's internal id when it is genuine.
+pub fn verify_uatoken(secret: &Secret, token: &str) -> Option<UaId> {
+    verify_bearer(secret, b"uatoken\0", token).then(|| ua_id(token))
+}
+
+/// A bearer token of one kind (`domain`): random bits and their tag, 43 characters.
+pub(crate) fn new_bearer(secret: &Secret, domain: &[u8]) -> String {
     let mut raw = [0u8; TOKEN_RANDOM + TOKEN_TAG];
     rand::thread_rng().fill_bytes(&mut raw[..TOKEN_RANDOM]);
-    let tag = token_tag(secret, &raw[..TOKEN_RANDOM]);
+    let tag = token_tag(secret, domain, &raw[..TOKEN_RANDOM]);
     raw[TOKEN_RANDOM..].copy_from_slice(&tag);
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn token_tag(secret: &Secret, random: &[u8]) -> [u8; TOKEN_TAG] {
-    let mut mac = secret.mac(b"uatoken\0");
+/// Whether `token` is a genuine bearer token of this kind.
+pub(crate) fn verify_bearer(secret: &Secret, domain: &[u8], token: &str) -> bool {
+    if token.len() != 43 {
+        return false;
+    }
+    let Ok(raw) = URL_SAFE_NO_PAD.decode(token) else {
+        return false;
+    };
+    if raw.len() != TOKEN_RANDOM + TOKEN_TAG {
+        return false;
+    }
+    let expected = token_tag(secret, domain, &raw[..TOKEN_RANDOM]);
+    bool::from(expected.ct_eq(&raw[TOKEN_RANDOM..]))
+}
+
+fn token_tag(secret: &Secret, domain: &[u8], random: &[u8]) -> [u8; TOKEN_TAG] {
+    let mut mac = secret.mac(domain);
     mac.update(random);
     let full = mac.finalize().into_bytes();
     let mut tag = [0u8; TOKEN_TAG];
     tag.copy_from_slice(&full[..TOKEN_TAG]);
     tag
-}
-
-/// Checks a uatoken without any look-up; returns the UA's internal id when it is genuine.
-pub fn verify_uatoken(secret: &Secret, token: &str) -> Option<UaId> {
-    if token.len() != 43 {
-        return None;
-    }
-    let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
-    if raw.len() != TOKEN_RANDOM + TOKEN_TAG {
-        return None;
-    }
-    let expected = token_tag(secret, &raw[..TOKEN_RANDOM]);
-    if bool::from(expected.ct_eq(&raw[TOKEN_RANDOM..])) {
-        Some(ua_id(token))
-    } else {
-        None
-    }
 }
 
 /// The internal id of a UA, derived from its token so the token need not be stored.

@@ -17,15 +17,19 @@ pub enum DeliveryStatus {
     Acked,
     Expired,
     Replaced,
+    /// The UA settled it without showing it: a Web Push UA that could not decrypt it, or
+    /// whose service worker failed on it.
+    Rejected,
 }
 
 impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 5] = [
+    pub const ALL: [DeliveryStatus; 6] = [
         DeliveryStatus::Pending,
         DeliveryStatus::Sent,
         DeliveryStatus::Acked,
         DeliveryStatus::Expired,
         DeliveryStatus::Replaced,
+        DeliveryStatus::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +39,7 @@ impl DeliveryStatus {
             DeliveryStatus::Acked => "acked",
             DeliveryStatus::Expired => "expired",
             DeliveryStatus::Replaced => "replaced",
+            DeliveryStatus::Rejected => "rejected",
         }
     }
 
@@ -44,13 +49,16 @@ impl DeliveryStatus {
     }
 
     /// Whether a delivery in this state may be changed to `next`. Acked is final; a UA may
-    /// ack whatever it was given, even after it was replaced or expired; every other change
-    /// applies only to a delivery still owed, so that `sent` never downgrades `acked` nor
-    /// revives a replaced or expired delivery. Sending again re-records `sent` with the new
-    /// time.
+    /// ack whatever it was given, even after it was replaced or expired, and may reject it
+    /// likewise unless it acked it; every other change applies only to a delivery still
+    /// owed, so that `sent` never downgrades `acked` nor revives a replaced or expired
+    /// delivery. Sending again re-records `sent` with the new time.
     pub fn can_become(self, next: DeliveryStatus) -> bool {
         match next {
             DeliveryStatus::Acked => self != DeliveryStatus::Acked,
+            DeliveryStatus::Rejected => {
+                !matches!(self, DeliveryStatus::Acked | DeliveryStatus::Rejected)
+            }
             _ => self.is_outstanding(),
         }
     }
@@ -199,9 +207,15 @@ mod tests {
         for next in DeliveryStatus::ALL {
             assert!(!Acked.can_become(next), "acked -> {next:?}");
         }
-        for from in [Pending, Sent, Expired, Replaced] {
+        for from in [Pending, Sent, Expired, Replaced, Rejected] {
             assert!(from.can_become(Acked), "{from:?} -> acked");
         }
+        for from in [Pending, Sent, Expired, Replaced] {
+            assert!(from.can_become(Rejected), "{from:?} -> rejected");
+        }
+        assert!(!Acked.can_become(Rejected), "nothing downgrades an ack");
+        assert!(!Rejected.can_become(Sent), "a rejected delivery is settled");
+        assert!(!Rejected.is_outstanding());
         assert!(Pending.can_become(Sent));
         assert!(Sent.can_become(Sent), "a resend records the new time");
         assert!(Sent.can_become(Replaced));
@@ -210,7 +224,7 @@ mod tests {
         assert!(!Expired.can_become(Pending));
         assert_eq!(
             DeliveryStatus::sources_of(Acked),
-            vec![Pending, Sent, Expired, Replaced]
+            vec![Pending, Sent, Expired, Replaced, Rejected]
         );
         assert_eq!(DeliveryStatus::sources_of(Sent), vec![Pending, Sent]);
         assert_eq!(DeliveryStatus::sources_of(Replaced), vec![Pending, Sent]);

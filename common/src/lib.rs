@@ -15,6 +15,8 @@ pub mod notification;
 pub mod purge;
 pub mod routing;
 pub mod validate;
+pub mod vapid;
+pub mod webpush;
 
 #[cfg(test)]
 mod test_support {
@@ -28,7 +30,7 @@ mod test_support {
             message_id: MessageId::new("m"),
             app_token: AppToken::new("t"),
             id: "a".into(),
-            message: "x".into(),
+            payload: crate::notification::Payload::Text("x".into()),
             ttl,
             timestamp: EpochSecs(0),
             expires_at: EpochSecs(i64::from(ttl)),

@@ -2,7 +2,10 @@
 //! when one is still owed to a UA. Every store keeps these rules by translating them into its
 //! own storage; none writes its own version of them.
 
-use serde::{Deserialize, Serialize};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::model::{AppToken, EpochMillis, EpochSecs, MessageId};
 
@@ -11,9 +14,10 @@ use crate::model::{AppToken, EpochMillis, EpochSecs, MessageId};
 pub struct Notification {
     pub message_id: MessageId,
     pub app_token: AppToken,
-    /// The AS's own id.
+    /// The AS's own id: what a newer notification of the same app replaces it by. For a Web
+    /// Push message, its `Topic`, or else its message id.
     pub id: String,
-    pub message: String,
+    pub payload: Payload,
     pub ttl: u32,
     pub timestamp: EpochSecs,
     pub expires_at: EpochSecs,
@@ -42,17 +46,101 @@ impl Notification {
         }
     }
 
-    /// The frame object sent to a UA (§2), with its notify URL.
-    pub fn to_frame(&self, notify_base_url: &str) -> NotificationFrame<'_> {
-        NotificationFrame {
-            message_type: "notification",
-            message_id: self.message_id.as_str(),
-            id: &self.id,
-            url: notify_url(notify_base_url, &self.app_token),
-            message: &self.message,
-            ttl: self.ttl,
-            timestamp: self.timestamp.as_i64(),
-            priority: self.priority,
+    /// What a UA is sent for it, in the dialect of its payload: a notification object of
+    /// PROTOCOL.md §2 with its notify URL, or a Web Push `notification` message.
+    pub fn to_frame(&self, notify_base_url: &str) -> Frame<'_> {
+        match &self.payload {
+            Payload::Text(message) => Frame::Telefonica(NotificationFrame {
+                message_type: "notification",
+                message_id: self.message_id.as_str(),
+                id: &self.id,
+                url: notify_url(notify_base_url, &self.app_token),
+                message,
+                ttl: self.ttl,
+                timestamp: self.timestamp.as_i64(),
+                priority: self.priority,
+            }),
+            Payload::Push(push) => Frame::WebPush(PushFrame {
+                message_type: "notification",
+                channel_id: &push.channel_id,
+                version: self.message_id.as_str(),
+                data: (!push.data.is_empty()).then(|| URL_SAFE_NO_PAD.encode(&push.data)),
+                headers: push.encoding.as_ref(),
+                ttl: self.ttl,
+            }),
+        }
+    }
+}
+
+/// What a notification carries, as its sender gave it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Payload {
+    /// The `message` of a Telefónica notification (PROTOCOL.md §3).
+    Text(String),
+    /// The body of a Web Push message (WEBPUSH.md §3), for one subscription.
+    Push(PushMessage),
+}
+
+/// Payloads are what the senders wrote to their users: never shown in logs.
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Text(m) => write!(f, "Text({} bytes)", m.len()),
+            Payload::Push(p) => write!(f, "Push({}, {} bytes)", p.channel_id, p.data.len()),
+        }
+    }
+}
+
+/// A Web Push message: the body bytes exactly as the sender posted them (encrypted for the
+/// UA; the server never reads them) and the headers the UA needs to decrypt them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushMessage {
+    /// The subscription's channel, as the UA named it in `register`.
+    pub channel_id: String,
+    /// Base64url in text formats (the broker's JSON), bytes in binary ones.
+    #[serde(with = "binary")]
+    pub data: Bytes,
+    /// Absent only for an empty body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<ContentEncoding>,
+}
+
+/// The `Content-Encoding` of a Web Push body, with the headers relayed for it; serialized as
+/// the `headers` object of the `notification` message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "encoding", rename_all = "lowercase")]
+pub enum ContentEncoding {
+    /// RFC 8291: everything the UA needs is in the body.
+    Aes128gcm,
+    /// The legacy draft encoding: salt and sender key travel in two headers.
+    Aesgcm {
+        encryption: String,
+        crypto_key: String,
+    },
+}
+
+/// Bytes as base64url in human-readable formats, as bytes otherwise.
+mod binary {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&URL_SAFE_NO_PAD.encode(data))
+        } else {
+            s.serialize_bytes(data)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            URL_SAFE_NO_PAD
+                .decode(text)
+                .map(Bytes::from)
+                .map_err(serde::de::Error::custom)
+        } else {
+            Vec::<u8>::deserialize(d).map(Bytes::from)
         }
     }
 }
@@ -106,6 +194,41 @@ pub fn superseded<T>(items: impl IntoIterator<Item = (Recency, T)>) -> Vec<T> {
 /// `{base}/notify/{appToken}`, the URL `register/wa` returns.
 pub fn notify_url(base: &str, app_token: &AppToken) -> String {
     format!("{}/notify/{}", base.trim_end_matches('/'), app_token)
+}
+
+/// A notification as its UA receives it.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Frame<'a> {
+    /// An object of the array a Telefónica UA receives (PROTOCOL.md §2).
+    Telefonica(NotificationFrame<'a>),
+    /// A whole Web Push message (WEBPUSH.md §2).
+    WebPush(PushFrame<'a>),
+}
+
+impl Frame<'_> {
+    /// The text frame that sends it alone: a Telefónica notification in an array of one.
+    pub fn to_text(&self) -> Result<String, serde_json::Error> {
+        match self {
+            Frame::Telefonica(f) => serde_json::to_string(&[f]),
+            Frame::WebPush(f) => serde_json::to_string(f),
+        }
+    }
+}
+
+/// A Web Push `notification` message.
+#[derive(Debug, Serialize)]
+pub struct PushFrame<'a> {
+    #[serde(rename = "messageType")]
+    pub message_type: &'static str,
+    #[serde(rename = "channelID")]
+    pub channel_id: &'a str,
+    pub version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<&'a ContentEncoding>,
+    pub ttl: u32,
 }
 
 /// One notification object as UAs receive it (§2).
@@ -172,6 +295,39 @@ mod tests {
         assert!(!replaced.is_deliverable(&n, EpochSecs(0)));
         assert!(live.needs_routing());
         assert!(!replaced.needs_routing());
+    }
+
+    #[test]
+    fn push_frames_carry_the_body_as_base64url_and_the_encoding_headers() {
+        let mut n = notification(10, 100);
+        n.payload = Payload::Push(PushMessage {
+            channel_id: "c".into(),
+            data: Bytes::from_static(&[0xfb, 0xff, 0x00]),
+            encoding: Some(ContentEncoding::Aesgcm {
+                encryption: "salt=s".into(),
+                crypto_key: "dh=k".into(),
+            }),
+        });
+        let frame = serde_json::to_value(n.to_frame("http://h:1/")).unwrap();
+        assert_eq!(
+            frame,
+            serde_json::json!({"messageType": "notification", "channelID": "c", "version": "m",
+                "data": "-_8A", "ttl": 10,
+                "headers": {"encoding": "aesgcm", "encryption": "salt=s", "crypto_key": "dh=k"}})
+        );
+        let back: Notification = serde_json::from_slice(&serde_json::to_vec(&n).unwrap()).unwrap();
+        assert_eq!(back, n, "bytes survive the broker's JSON");
+        assert!(!format!("{n:?}").contains("salt"), "no payload in logs");
+
+        n.payload = Payload::Push(PushMessage {
+            channel_id: "c".into(),
+            data: Bytes::new(),
+            encoding: None,
+        });
+        let frame = serde_json::to_value(n.to_frame("http://h:1/")).unwrap();
+        assert!(frame.get("data").is_none() && frame.get("headers").is_none());
+        let aes128gcm = serde_json::to_value(ContentEncoding::Aes128gcm).unwrap();
+        assert_eq!(aes128gcm, serde_json::json!({"encoding": "aes128gcm"}));
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! NS-AS: the endpoint application servers post notifications to (§3).
+//! NS-AS: the endpoint application servers post notifications to: Telefónica notify URLs
+//! (PROTOCOL.md §3) and Web Push endpoints (WEBPUSH.md §3).
 //!
-//! A notification is answered 200 only after it is stored and its id is confirmed by the
-//! broker; anything it cannot persist is refused with 503.
+//! A notification is answered 200 (201 for Web Push) only after it is stored and its id is
+//! confirmed by the broker; anything it cannot persist is refused with 503.
 
 mod limiter;
+mod webpush;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -12,7 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use clap::Args;
-use common::crypto::PublicKey;
+use common::crypto::{PublicKey, Secret};
 use common::messages::{NewMessage, NEW_MESSAGES};
 use common::model::{AppToken, MessageId};
 use common::notification::Notification;
@@ -83,6 +85,37 @@ pub struct Deps {
     pub broker: Arc<dyn Broker>,
     pub registry: Registry,
     pub clock: Clock,
+    /// Authenticates push endpoints and message locations.
+    pub secret: Secret,
+    /// Public base URL of this service, as senders reach it: push endpoints and message
+    /// locations are under it, and VAPID tokens are addressed to its origin.
+    pub public_base_url: String,
+}
+
+/// The public base URL and its origin (`scheme://host[:port]`).
+struct Public {
+    base: String,
+    origin: String,
+}
+
+impl Public {
+    fn new(base: &str) -> Public {
+        let base = base.trim_end_matches('/').to_owned();
+        let after_scheme = base.find("://").map_or(0, |i| i + 3);
+        let origin = match base[after_scheme..].find('/') {
+            Some(path) => base[..after_scheme + path].to_owned(),
+            None => base.clone(),
+        };
+        Public { base, origin }
+    }
+
+    fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn origin(&self) -> &str {
+        &self.origin
+    }
 }
 
 struct Metrics {
@@ -96,6 +129,8 @@ type CachedApp = Option<Arc<PublicKey>>;
 
 struct State {
     settings: Settings,
+    secret: Secret,
+    public: Public,
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     clock: Clock,
@@ -111,7 +146,8 @@ struct Accepted<'a> {
     message_id: &'a str,
 }
 
-/// The routes of ns-as: notify, status, health and metrics.
+/// The routes of ns-as: notify and status, Web Push endpoints and message locations, health
+/// and metrics.
 pub fn routes(
     settings: Settings,
     deps: Deps,
@@ -132,6 +168,8 @@ pub fn routes(
     let state = Arc::new(State {
         limiter: RateLimiter::new(settings.rate_limit, settings.rate_burst),
         settings,
+        secret: deps.secret.clone(),
+        public: Public::new(&deps.public_base_url),
         store: deps.store.clone(),
         broker: deps.broker.clone(),
         clock: deps.clock.clone(),
@@ -173,7 +211,7 @@ pub fn routes(
 
     let status = warp::path!("notify" / String / String)
         .and(warp::get())
-        .and(with_state)
+        .and(with_state.clone())
         .then(
             |app_token: String, id: String, state: Arc<State>| async move {
                 let now = state.clock.now();
@@ -195,12 +233,43 @@ pub fn routes(
             },
         );
 
+    let push = warp::path!("wpush" / String / String)
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(|version, token, state, headers, body| {
+            webpush::push(state, version, token, headers, Box::pin(body))
+        });
+    let discovery = warp::path!("wpush" / String / String)
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|_version: String, token: String, state: Arc<State>| {
+            webpush::discovery(&state, &token)
+        });
+    let message_status = warp::path!("m" / String)
+        .and(warp::get())
+        .and(with_state.clone())
+        .then(|location, state| webpush::status(state, location));
+    let withdraw = warp::path!("m" / String)
+        .and(warp::delete())
+        .and(with_state.clone())
+        .then(|location, state| webpush::withdraw(state, location));
+
     let health = ns_http::Health {
         store: Some(deps.store),
         broker: Some(deps.broker),
     };
     notify
         .or(status)
+        .unify()
+        .or(push)
+        .unify()
+        .or(discovery)
+        .unify()
+        .or(message_status)
+        .unify()
+        .or(withdraw)
         .unify()
         .or(ns_http::ops_routes(health, deps.registry))
         .unify()
@@ -260,7 +329,7 @@ async fn notify(
         app_token,
         expires_at: request.expires_at(),
         id: request.id,
-        message: request.message,
+        payload: common::notification::Payload::Text(request.message),
         ttl: request.ttl,
         timestamp: request.timestamp,
         priority: request.priority,

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use ns_distributed::BackendConfig;
-use ns_runtime::config::{LogConfig, Problems};
+use ns_runtime::config::{LogConfig, Problems, PublicUrlConfig, SecretConfig};
 use ns_runtime::metrics::Registry;
 use ns_runtime::Clock;
 
@@ -16,6 +16,10 @@ struct Cli {
     #[command(flatten)]
     settings: ns_as::Settings,
     #[command(flatten)]
+    secret: SecretConfig,
+    #[command(flatten)]
+    public: PublicUrlConfig,
+    #[command(flatten)]
     backends: BackendConfig,
     #[command(flatten)]
     log: LogConfig,
@@ -26,7 +30,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut problems = Problems::default();
     problems.extend(cli.settings.problems());
+    let secret = problems.check(cli.secret.require());
+    problems.check(cli.public.check());
     problems.exit_if_any();
+    let Some(secret) = secret else {
+        return Ok(());
+    };
     let Some(started) = ns_distributed::start(&cli.log, cli.listen, &cli.backends).await? else {
         return Ok(());
     };
@@ -35,6 +44,8 @@ async fn main() -> anyhow::Result<()> {
         broker: started.backends.broker,
         registry: Registry::default(),
         clock: Clock::system(),
+        secret,
+        public_base_url: cli.public.notify_base_url,
     };
     ns_as::run(cli.settings, started.listener, deps, started.shutdown).await
 }

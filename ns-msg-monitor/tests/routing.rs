@@ -84,7 +84,7 @@ fn notification(app: &AppToken) -> Notification {
         message_id: MessageId::new(uuid::Uuid::now_v7().simple().to_string()),
         app_token: app.clone(),
         id: "n".into(),
-        message: "m".into(),
+        payload: common::notification::Payload::Text("m".into()),
         ttl: 3600,
         timestamp: clock.now(),
         expires_at: clock.now().plus(3600),

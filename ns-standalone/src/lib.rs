@@ -162,6 +162,8 @@ pub async fn run(
             broker: broker.clone(),
             registry: registry.clone(),
             clock: clock.clone(),
+            secret: secret.clone(),
+            public_base_url: notify_base_url.clone(),
         },
         shutdown.clone(),
     );

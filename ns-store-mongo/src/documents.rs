@@ -7,8 +7,11 @@ use common::delivery::DeliveryStatus;
 use common::model::{
     AppToken, ConnId, EpochMillis, EpochSecs, Interface, Live, MessageId, NodeId, UaId, UaRoute,
 };
-use common::notification::{Notification, NotificationState};
-use mongodb::bson::DateTime;
+use common::notification::{
+    ContentEncoding, Notification, NotificationState, Payload, PushMessage,
+};
+use mongodb::bson::spec::BinarySubtype;
+use mongodb::bson::{Binary, DateTime};
 use ns_store::{StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +61,12 @@ pub(crate) struct NotificationDoc {
     /// on one index, whatever apps the batch holds.
     #[serde(default)]
     pub(crate) app_id: String,
-    pub(crate) message: String,
+    /// The payload of a Telefónica notification ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) message: Option<String>,
+    /// ... or of a Web Push message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) push: Option<PushDoc>,
     pub(crate) ttl: i64,
     pub(crate) timestamp: EpochSecs,
     pub(crate) expires_at: EpochSecs,
@@ -69,6 +77,73 @@ pub(crate) struct NotificationDoc {
     /// `expires_at` as a BSON date, the only type a TTL index acts on.
     pub(crate) expire_at: DateTime,
 }
+
+/// A Web Push payload: the body as BSON binary, the encoding and its relayed headers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PushDoc {
+    pub(crate) channel_id: String,
+    pub(crate) data: Binary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) encryption: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) crypto_key: Option<String>,
+}
+
+/// A stored encoding that this version does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown content encoding {0:?}")]
+pub(crate) struct UnknownEncoding(String);
+
+impl PushDoc {
+    fn from_message(p: &PushMessage) -> PushDoc {
+        let (encoding, encryption, crypto_key) = match &p.encoding {
+            None => (None, None, None),
+            Some(ContentEncoding::Aes128gcm) => (Some("aes128gcm"), None, None),
+            Some(ContentEncoding::Aesgcm {
+                encryption,
+                crypto_key,
+            }) => (
+                Some("aesgcm"),
+                Some(encryption.clone()),
+                Some(crypto_key.clone()),
+            ),
+        };
+        PushDoc {
+            channel_id: p.channel_id.clone(),
+            data: Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: p.data.to_vec(),
+            },
+            encoding: encoding.map(str::to_owned),
+            encryption,
+            crypto_key,
+        }
+    }
+
+    fn into_message(self) -> Result<PushMessage, UnknownEncoding> {
+        let encoding = match (self.encoding.as_deref(), self.encryption, self.crypto_key) {
+            (None, _, _) => None,
+            (Some("aes128gcm"), _, _) => Some(ContentEncoding::Aes128gcm),
+            (Some("aesgcm"), Some(encryption), Some(crypto_key)) => Some(ContentEncoding::Aesgcm {
+                encryption,
+                crypto_key,
+            }),
+            (Some(other), _, _) => return Err(UnknownEncoding(other.to_owned())),
+        };
+        Ok(PushMessage {
+            channel_id: self.channel_id,
+            data: self.data.bytes.into(),
+            encoding,
+        })
+    }
+}
+
+/// A notification document with neither a message nor a push payload.
+#[derive(Debug, thiserror::Error)]
+#[error("a notification needs a message or a push payload")]
+pub(crate) struct NoPayload;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct DeliveryDoc {
@@ -218,7 +293,14 @@ impl NotificationDoc {
             app_token: n.app_token.clone(),
             id: n.id.clone(),
             app_id: app_id(&n.app_token, &n.id),
-            message: n.message.clone(),
+            message: match &n.payload {
+                Payload::Text(m) => Some(m.clone()),
+                Payload::Push(_) => None,
+            },
+            push: match &n.payload {
+                Payload::Text(_) => None,
+                Payload::Push(p) => Some(PushDoc::from_message(p)),
+            },
             ttl: i64::from(n.ttl),
             timestamp: n.timestamp,
             expires_at: n.expires_at,
@@ -238,6 +320,16 @@ impl NotificationDoc {
     }
 
     pub(crate) fn into_notification(self) -> StoreResult<Notification> {
+        let payload = match (self.message, self.push) {
+            (Some(m), _) => Payload::Text(m),
+            (None, Some(p)) => Payload::Push(
+                p.into_message()
+                    .map_err(|e| corrupt("notification", self.message_id.as_str(), e))?,
+            ),
+            (None, None) => {
+                return Err(corrupt("notification", self.message_id.as_str(), NoPayload))
+            }
+        };
         Ok(Notification {
             ttl: u32::try_from(self.ttl)
                 .map_err(|e| corrupt("notification", self.message_id.as_str(), e))?,
@@ -246,7 +338,7 @@ impl NotificationDoc {
             message_id: self.message_id,
             app_token: self.app_token,
             id: self.id,
-            message: self.message,
+            payload,
             timestamp: self.timestamp,
             expires_at: self.expires_at,
             created_at: self.created_at,

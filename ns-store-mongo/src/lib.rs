@@ -66,6 +66,27 @@ pub struct MongoStore {
 }
 
 impl MongoStore {
+    /// The status report of `n` from its deliveries.
+    async fn report_of(&self, n: Notification, now: EpochSecs) -> StoreResult<StatusReport> {
+        let docs: Vec<DeliveryDoc> = self
+            .c
+            .deliveries
+            .find(doc! { "message_id": n.message_id.as_str() })
+            .await
+            .map_err(db_err)?
+            .try_collect()
+            .await
+            .map_err(db_err)?;
+        let rows = docs.into_iter().map(|d| {
+            let record = DeliveryRecord {
+                status: d.status,
+                at: d.at,
+            };
+            (d.ua, record)
+        });
+        Ok(StatusReport::assemble(&n, rows, now))
+    }
+
     /// Connects to `url`, uses database `db` and creates the indexes the queries rely on.
     ///
     /// The driver reconnects by itself after the server comes back, so a store made here
@@ -399,24 +420,43 @@ impl Store for MongoStore {
         else {
             return Ok(None);
         };
-        let n = n.into_notification()?;
-        let docs: Vec<DeliveryDoc> = self
+        self.report_of(n.into_notification()?, now).await.map(Some)
+    }
+
+    async fn report(
+        &self,
+        message_id: &MessageId,
+        now: EpochSecs,
+    ) -> StoreResult<Option<StatusReport>> {
+        let found = self
             .c
-            .deliveries
-            .find(doc! { "message_id": n.message_id.as_str() })
-            .await
-            .map_err(db_err)?
-            .try_collect()
+            .notifications
+            .find_one(doc! { "_id": message_id.as_str() })
             .await
             .map_err(db_err)?;
-        let rows = docs.into_iter().map(|d| {
-            let record = DeliveryRecord {
-                status: d.status,
-                at: d.at,
-            };
-            (d.ua, record)
-        });
-        Ok(Some(StatusReport::assemble(&n, rows, now)))
+        match found {
+            Some(n) => self.report_of(n.into_notification()?, now).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn withdraw(&self, message_id: &MessageId, now: EpochSecs) -> StoreResult<bool> {
+        let found = self
+            .c
+            .notifications
+            .clone_with_type::<IdOnly>()
+            .find_one(doc! { "_id": message_id.as_str() })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(db_err)?;
+        if found.is_none() {
+            return Ok(false);
+        }
+        self.c
+            .mark_replaced(std::slice::from_ref(message_id), now)
+            .await
+            .map_err(db_err)?;
+        Ok(true)
     }
 
     async fn purge(&self, now: EpochSecs, retention: Retention) -> StoreResult<u64> {

@@ -258,13 +258,17 @@ mod tests {
         let mut order = DeliveryStatus::ALL.to_vec();
         order.sort_by_key(|s| write_rank(*s));
         assert_eq!(order.last(), Some(&Acked));
-        assert_eq!(order[..4], [Pending, Sent, Expired, Replaced]);
+        assert_eq!(order[..5], [Pending, Sent, Expired, Replaced, Rejected]);
     }
 
     #[test]
     fn status_filters_come_from_the_transition_rule() {
         assert_eq!(
             may_become(Acked),
+            doc! { "$in": ["pending", "sent", "expired", "replaced", "rejected"] }
+        );
+        assert_eq!(
+            may_become(Rejected),
             doc! { "$in": ["pending", "sent", "expired", "replaced"] }
         );
         assert_eq!(may_become(Sent), doc! { "$in": ["pending", "sent"] });
@@ -285,7 +289,7 @@ mod tests {
             message_id: MessageId::new("m"),
             app_token: AppToken::new("t"),
             id: "a".into(),
-            message: "x".into(),
+            payload: common::notification::Payload::Text("x".into()),
             ttl: 10,
             timestamp: EpochSecs(0),
             expires_at: EpochSecs(10),
@@ -368,7 +372,7 @@ mod tests {
             message_id: MessageId::new(id),
             app_token: AppToken::new("t"),
             id: id.to_owned(),
-            message: "x".into(),
+            payload: common::notification::Payload::Text("x".into()),
             ttl: 100,
             timestamp: EpochSecs(0),
             expires_at: EpochSecs(expires_at),

@@ -279,6 +279,20 @@ impl Store for EmbeddedStore {
         Ok(self.mem().status(app_token, id, now))
     }
 
+    async fn report(
+        &self,
+        message_id: &MessageId,
+        now: EpochSecs,
+    ) -> StoreResult<Option<StatusReport>> {
+        Ok(self.mem().report(message_id, now))
+    }
+
+    async fn withdraw(&self, message_id: &MessageId, now: EpochSecs) -> StoreResult<bool> {
+        self.run(Command::Withdraw(message_id.clone(), now))
+            .await?
+            .into_bool()
+    }
+
     async fn purge(&self, now: EpochSecs, retention: Retention) -> StoreResult<u64> {
         // A chunk at a time, each its own command: writes queued meanwhile go in between.
         let mut removed = 0;
@@ -334,7 +348,7 @@ mod tests {
             message_id: MessageId::new(uuid::Uuid::now_v7().simple().to_string()),
             app_token: AppToken::new(app),
             id: id.into(),
-            message: "m".into(),
+            payload: common::notification::Payload::Text("m".into()),
             ttl: 3600,
             timestamp: NOW,
             expires_at: NOW.plus(3600),

@@ -75,10 +75,14 @@ impl Mem {
         now: EpochSecs,
     ) -> Option<StatusReport> {
         let (_, newest) = self.same_app_id(app_token, id).last()?;
-        let record = self.notifications.get(newest)?;
+        self.report(newest, now)
+    }
+
+    pub(crate) fn report(&self, message_id: &MessageId, now: EpochSecs) -> Option<StatusReport> {
+        let record = self.notifications.get(message_id)?;
         let rows = self
             .deliveries
-            .get(newest)
+            .get(message_id)
             .into_iter()
             .flatten()
             .map(|(ua, d)| (ua.clone(), *d));

@@ -24,6 +24,7 @@ pub(crate) enum Command {
     InsertNotification(Notification, EpochSecs),
     AddDeliveries(MessageId, Vec<UaId>, EpochSecs),
     UpdateDeliveries(Vec<DeliveryUpdate>, EpochSecs),
+    Withdraw(MessageId, EpochSecs),
     /// One chunk of the purge: up to `limit` notifications after `after`.
     Purge {
         after: Option<MessageId>,
@@ -266,12 +267,34 @@ impl View<'_> {
                 }
                 Outcome::Count(changed)
             }
+            Command::Withdraw(id, now) => {
+                let stored = self.notification(&id).is_some();
+                self.mark_replaced(&id, now);
+                Outcome::Bool(stored)
+            }
             Command::Purge {
                 after,
                 limit,
                 now,
                 retention,
             } => self.purge(after, limit, now, retention),
+        }
+    }
+
+    /// Marks a notification replaced, with its deliveries that may still become replaced.
+    fn mark_replaced(&mut self, id: &MessageId, now: EpochSecs) {
+        let Some(mut record) = self.notification(id) else {
+            return;
+        };
+        if record.state.replaced {
+            return;
+        }
+        record.state.replaced = true;
+        self.changes.notifications.insert(id.clone(), Some(record));
+        for (ua, delivery) in self.deliveries_of(id) {
+            if let Some(replaced) = delivery.apply(DeliveryStatus::Replaced, now) {
+                self.changes.set_delivery(id, ua, Some(replaced));
+            }
         }
     }
 
@@ -295,19 +318,7 @@ impl View<'_> {
             }),
         );
         for id in superseded(same) {
-            let Some(mut record) = self.notification(&id) else {
-                continue;
-            };
-            if record.state.replaced {
-                continue;
-            }
-            record.state.replaced = true;
-            self.changes.notifications.insert(id.clone(), Some(record));
-            for (ua, delivery) in self.deliveries_of(&id) {
-                if let Some(replaced) = delivery.apply(DeliveryStatus::Replaced, now) {
-                    self.changes.set_delivery(&id, ua, Some(replaced));
-                }
-            }
+            self.mark_replaced(&id, now);
         }
     }
 

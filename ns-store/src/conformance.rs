@@ -18,7 +18,7 @@ use common::model::{
     App, AppToken, ConnId, EpochMillis, EpochSecs, Interface, Live, MessageId, NodeId, UaId,
     UaRoute,
 };
-use common::notification::Notification;
+use common::notification::{ContentEncoding, Notification, Payload, PushMessage};
 use common::purge::Retention;
 use futures::FutureExt;
 
@@ -72,6 +72,10 @@ macro_rules! conformance_tests {
             unrouted_lists_notifications_not_routed,
             unrouted_leaves_out_expired,
             status_reports_deliveries,
+            report_finds_a_notification_by_its_message_id,
+            withdraw_stops_routing_and_delivery,
+            push_payloads_come_back_as_stored,
+            rejected_settles_but_never_downgrades_an_ack,
             purge_removes_expired_and_old_acked,
             purge_removes_routed_notifications_with_nothing_left,
         );
@@ -126,7 +130,7 @@ fn notification(
         message_id: MessageId::new(uuid::Uuid::now_v7().simple().to_string()),
         app_token: app_token.clone(),
         id: id.to_owned(),
-        message: format!("message {}", uid()),
+        payload: Payload::Text(format!("message {}", uid())),
         ttl,
         timestamp: now,
         expires_at: now.plus(i64::from(ttl)),
@@ -873,6 +877,162 @@ pub async fn status_reports_deliveries(store: &dyn Store) {
             (c, DeliveryStatus::Acked),
         ]),
         "what was still owed when the notification expired shows as expired"
+    );
+}
+
+pub async fn report_finds_a_notification_by_its_message_id(store: &dyn Store) {
+    let now = now();
+    let unknown = MessageId::new(uid());
+    assert_eq!(store.report(&unknown, now).await.expect("report"), None);
+    let ua = new_ua();
+    let app = new_app();
+    let old = notification(&app, "same", 60, now, millis());
+    let new = notification(&app, "same", 60, now, later(old.created_at, 1));
+    stored_and_routed(store, &old, std::slice::from_ref(&ua), now).await;
+    stored_and_routed(store, &new, std::slice::from_ref(&ua), now).await;
+    let report = store
+        .report(&old.message_id, now)
+        .await
+        .expect("report")
+        .expect("a replaced notification still has a report");
+    assert_eq!(report.message_id, old.message_id);
+    assert_eq!(
+        statuses(&report),
+        vec![(ua.clone(), DeliveryStatus::Replaced)]
+    );
+    let report = store.report(&new.message_id, now).await.expect("report");
+    assert_eq!(
+        report.map(|r| statuses(&r)),
+        Some(vec![(ua, DeliveryStatus::Pending)])
+    );
+}
+
+pub async fn withdraw_stops_routing_and_delivery(store: &dyn Store) {
+    let now = now();
+    let (a, b) = (new_ua(), new_ua());
+    let routed = notification(&new_app(), &uid(), 60, now, millis());
+    stored_and_routed(store, &routed, std::slice::from_ref(&a), now).await;
+    store
+        .update_deliveries(&[update(&routed, &a, DeliveryStatus::Sent)], now)
+        .await
+        .expect("update_deliveries");
+    assert!(store
+        .withdraw(&routed.message_id, now.plus(1))
+        .await
+        .expect("withdraw"));
+    assert!(
+        store
+            .outstanding(&a, now, 10)
+            .await
+            .expect("outstanding")
+            .is_empty(),
+        "a withdrawn notification is no longer owed"
+    );
+    assert_eq!(
+        report(store, &routed, now).await.deliveries[0].status,
+        DeliveryStatus::Replaced
+    );
+
+    let unrouted = notification(&new_app(), &uid(), 60, now, millis());
+    store
+        .insert_notification(&unrouted, now)
+        .await
+        .expect("insert_notification");
+    assert!(store
+        .withdraw(&unrouted.message_id, now)
+        .await
+        .expect("withdraw"));
+    assert!(
+        !ids(&store.unrouted(now, 1000).await.expect("unrouted")).contains(&&unrouted.message_id),
+        "a withdrawn notification is not routed"
+    );
+    assert!(!store
+        .add_deliveries(&unrouted, std::slice::from_ref(&b), now)
+        .await
+        .expect("add_deliveries"));
+    assert!(store
+        .outstanding(&b, now, 10)
+        .await
+        .expect("outstanding")
+        .is_empty());
+    assert!(!store
+        .withdraw(&MessageId::new(uid()), now)
+        .await
+        .expect("withdraw"));
+}
+
+pub async fn push_payloads_come_back_as_stored(store: &dyn Store) {
+    let now = now();
+    let ua = new_ua();
+    let every_byte: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+    let payloads = [
+        Payload::Push(PushMessage {
+            channel_id: uid(),
+            data: every_byte.into(),
+            encoding: Some(ContentEncoding::Aes128gcm),
+        }),
+        Payload::Push(PushMessage {
+            channel_id: uid(),
+            data: vec![0, 1, 2].into(),
+            encoding: Some(ContentEncoding::Aesgcm {
+                encryption: "salt=abc".into(),
+                crypto_key: "dh=def".into(),
+            }),
+        }),
+        Payload::Push(PushMessage {
+            channel_id: uid(),
+            data: Default::default(),
+            encoding: None,
+        }),
+    ];
+    let mut stored = Vec::new();
+    let at = millis();
+    for (i, payload) in payloads.into_iter().enumerate() {
+        let n = Notification {
+            payload,
+            ..notification(&new_app(), &uid(), 60, now, later(at, i as i64))
+        };
+        stored_and_routed(store, &n, std::slice::from_ref(&ua), now).await;
+        stored.push(n);
+    }
+    assert_eq!(
+        store.outstanding(&ua, now, 10).await.expect("outstanding"),
+        stored,
+        "bytes and encoding headers unchanged"
+    );
+}
+
+pub async fn rejected_settles_but_never_downgrades_an_ack(store: &dyn Store) {
+    let now = now();
+    let (a, b) = (new_ua(), new_ua());
+    let n = notification(&new_app(), &uid(), 60, now, millis());
+    stored_and_routed(store, &n, &[a.clone(), b.clone()], now).await;
+    store
+        .update_deliveries(&[update(&n, &b, DeliveryStatus::Acked)], now)
+        .await
+        .expect("update_deliveries");
+    let changed = store
+        .update_deliveries(
+            &[
+                update(&n, &a, DeliveryStatus::Rejected),
+                update(&n, &b, DeliveryStatus::Rejected),
+            ],
+            now,
+        )
+        .await
+        .expect("update_deliveries");
+    assert_eq!(changed, 1, "only the delivery not acked");
+    assert!(store
+        .outstanding(&a, now, 10)
+        .await
+        .expect("outstanding")
+        .is_empty());
+    assert_eq!(
+        statuses(&report(store, &n, now).await),
+        sorted(vec![
+            (a, DeliveryStatus::Rejected),
+            (b, DeliveryStatus::Acked)
+        ])
     );
 }
 

@@ -11,7 +11,7 @@ pub mod conformance;
 
 use async_trait::async_trait;
 use common::delivery::{DeliveryUpdate, StatusReport};
-use common::model::{App, AppToken, EpochSecs, Live, UaId, UaRoute};
+use common::model::{App, AppToken, EpochSecs, Live, MessageId, UaId, UaRoute};
 use common::notification::Notification;
 use common::purge::Retention;
 
@@ -152,6 +152,18 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         now: EpochSecs,
     ) -> StoreResult<Option<StatusReport>>;
+
+    /// The report of the notification with this message id, whatever its app and AS id.
+    async fn report(
+        &self,
+        message_id: &MessageId,
+        now: EpochSecs,
+    ) -> StoreResult<Option<StatusReport>>;
+
+    /// Withdraws a notification: marks it replaced, as a newer one with its AS id would,
+    /// with its deliveries that may still become replaced, at `now`; it is then neither
+    /// routed nor delivered any more. Returns false if it is not stored.
+    async fn withdraw(&self, message_id: &MessageId, now: EpochSecs) -> StoreResult<bool>;
 
     /// Removes what [`common::purge`] condemns at `now`: deliveries past their retention,
     /// then spent notifications with whatever deliveries they still have. Returns how many

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::delivery::{DeliveryStatus, DeliveryUpdate};
 use common::messages::{front_end_queue, FrontEndMessage, RouteEvent};
-use common::model::{ConnId, Interface, Live, UaId, UaRoute};
-use common::notification::notify_url;
+use common::model::{ConnId, Interface, Live, MessageId, UaId, UaRoute};
+use common::notification::{notify_url, Frame, Notification, NotificationFrame};
 use common::validate::{Code, ProtocolError};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use ns_broker::BrokerError;
@@ -23,7 +23,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::Outbound;
-use crate::session::{Action, Close, Session, Step};
+use crate::session::{Action, Close, Dialect, Session, Step};
+use crate::webpush::{self, ClientMessage};
 use crate::Shared;
 
 /// The subprotocol of §2.
@@ -32,6 +33,8 @@ const SUBPROTOCOL: &str = "push-notification";
 const OUTBOUND_QUEUE: usize = 64;
 /// Notifications per frame when sending the pending ones.
 const PENDING_PER_FRAME: usize = 100;
+/// Most stored messages a Web Push UA is sent before it settles them.
+const WEBPUSH_BACKLOG: usize = 1000;
 /// Bytes read from the socket at once. Commands are a few hundred bytes; a larger frame
 /// still gets a buffer of its own size while it is read.
 const READ_BUFFER: usize = 1024;
@@ -221,7 +224,13 @@ where
     ) -> Result<(), End> {
         match input {
             Input::Frame(frame) => match frame {
-                Some(Ok(Message::Text(text))) => self.on_text(&text, rx).await,
+                Some(Ok(Message::Text(text))) => match self.session.dialect_for(&text) {
+                    Dialect::WebPush => self.on_push_text(&text, rx).await,
+                    _ => self.on_text(&text, rx).await,
+                },
+                Some(Ok(Message::Binary(_))) if self.session.dialect() == Dialect::WebPush => Err(
+                    End::Close(Close::Protocol("binary frames are not part of Web Push")),
+                ),
                 Some(Ok(Message::Binary(_))) => self.step(self.session.on_binary()).await,
                 // Pings are answered by the WebSocket layer itself.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
@@ -249,6 +258,8 @@ where
                 "uatoken registered on another connection",
             ),
             Close::GoingAway => (CloseCode::Away, "server shutting down"),
+            Close::Protocol(reason) => (CloseCode::Protocol, reason),
+            Close::Unavailable => (CloseCode::Again, "service unavailable; retry later"),
         };
         let frame = CloseFrame {
             code,
@@ -409,45 +420,170 @@ where
         Ok(())
     }
 
-    /// Sends the UA's outstanding notifications right after `OK`, then whatever was routed
-    /// here meanwhile, without sending any of them twice.
+    /// Sends up to `limit` of the UA's stored notifications and records them sent; returns
+    /// their ids. On a Web Push connection they are the backlog the UA has to settle before
+    /// the rest follows.
+    async fn send_stored(&mut self, ua: &UaId, limit: usize) -> Result<Vec<MessageId>, End> {
+        let now = self.shared.deps.clock.now();
+        let pending = match self.shared.deps.store.outstanding(ua, now, limit).await {
+            Ok(p) => p,
+            Err(e) => {
+                // They stay pending and go out on the next register/ua or hello.
+                tracing::warn!(error = %e, "reading pending notifications failed");
+                Vec::new()
+            }
+        };
+        let texts = frames_of(&pending, &self.shared.deps.notify_base_url).map_err(|e| {
+            tracing::error!(error = %e, "encoding pending notifications failed");
+            End::Gone
+        })?;
+        for text in texts {
+            self.send_text(text).await?;
+        }
+        self.shared.metrics.delivered.add(pending.len() as i64);
+        let more = pending.len() == limit;
+        let ids: Vec<MessageId> = pending.into_iter().map(|n| n.message_id).collect();
+        if self.session.dialect() == Dialect::WebPush {
+            self.session.backlog_sent(ids.iter().cloned(), more);
+        }
+        let updates = DeliveryUpdate::for_ua(ua, ids.iter().cloned(), DeliveryStatus::Sent);
+        if let Err(e) = self.shared.deps.store.record_deliveries(updates, now).await {
+            tracing::warn!(error = %e, "recording pending notifications as sent failed");
+        }
+        Ok(ids)
+    }
+
+    /// Handles one text frame of a Web Push connection.
+    async fn on_push_text(
+        &mut self,
+        text: &str,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), End> {
+        let message = webpush::parse(text).map_err(|reason| {
+            tracing::debug!(reason, "malformed Web Push message");
+            End::Close(Close::Protocol(reason))
+        })?;
+        let ua = self.session.ua().cloned();
+        match (message, ua) {
+            (ClientMessage::Ping, _) => self.send_text("{}").await,
+            (ClientMessage::BroadcastSubscribe, _) => Ok(()),
+            (ClientMessage::Hello { uaid }, None) => {
+                let (uaid, ua) = webpush::hello_identity(&self.shared.deps.secret, uaid.as_deref());
+                if self.register_ua(&ua, None).await.is_err() {
+                    return Err(End::Close(Close::Unavailable));
+                }
+                self.session.registered(uaid.clone(), ua.clone());
+                self.shared.metrics.registered.inc();
+                self.send_text(webpush::hello_reply(&uaid)).await?;
+                self.send_pending(&ua, rx).await
+            }
+            (ClientMessage::Hello { .. }, Some(_)) => {
+                Err(End::Close(Close::Protocol("a second hello")))
+            }
+            (_, None) => Err(End::Close(Close::Protocol("hello must come first"))),
+            (ClientMessage::Register { channel_id, key }, Some(ua)) => {
+                self.push_register(&ua, &channel_id, key.as_deref()).await
+            }
+            (ClientMessage::Unregister { channel_id }, Some(ua)) => {
+                self.push_unregister(&ua, &channel_id).await
+            }
+            (ClientMessage::Settle(settled), Some(ua)) => self.settle(&ua, settled).await,
+        }
+    }
+
+    async fn push_register(
+        &mut self,
+        ua: &UaId,
+        channel_id: &str,
+        key: Option<&str>,
+    ) -> Result<(), End> {
+        let secret = &self.shared.deps.secret;
+        let Some(named) = webpush::name_subscription(secret, ua, channel_id, key) else {
+            return self
+                .send_text(webpush::register_reply(channel_id, 400, None))
+                .await;
+        };
+        let endpoint = named
+            .subscription
+            .endpoint(secret, &self.shared.deps.notify_base_url);
+        if let Err(e) = self
+            .shared
+            .deps
+            .store
+            .register_wa(ua, &named.app_token)
+            .await
+        {
+            tracing::warn!(error = %e, "storing a subscription failed");
+            return self
+                .send_text(webpush::register_reply(channel_id, 503, None))
+                .await;
+        }
+        self.shared
+            .route_changed(RouteEvent::App {
+                app_token: named.app_token,
+            })
+            .await;
+        self.send_text(webpush::register_reply(channel_id, 200, Some(&endpoint)))
+            .await
+    }
+
+    async fn push_unregister(&mut self, ua: &UaId, channel_id: &str) -> Result<(), End> {
+        let secret = &self.shared.deps.secret;
+        let Some(named) = webpush::name_subscription(secret, ua, channel_id, None) else {
+            return self
+                .send_text(webpush::unregister_reply(channel_id, 400))
+                .await;
+        };
+        let store = &self.shared.deps.store;
+        if let Err(e) = store.unregister_wa(ua, &named.app_token).await {
+            tracing::warn!(error = %e, "removing a subscription failed");
+            return self
+                .send_text(webpush::unregister_reply(channel_id, 503))
+                .await;
+        }
+        self.shared
+            .route_changed(RouteEvent::App {
+                app_token: named.app_token,
+            })
+            .await;
+        self.send_text(webpush::unregister_reply(channel_id, 200))
+            .await
+    }
+
+    /// Records an `ack` or `nack`; once the backlog sent is settled, sends the rest of it.
+    async fn settle(
+        &mut self,
+        ua: &UaId,
+        settled: Vec<(MessageId, DeliveryStatus)>,
+    ) -> Result<(), End> {
+        let ids: Vec<MessageId> = settled.iter().map(|(id, _)| id.clone()).collect();
+        let updates = webpush::settlements(ua, settled);
+        let now = self.shared.deps.clock.now();
+        match self.shared.deps.store.record_deliveries(updates, now).await {
+            Ok(()) => self.shared.metrics.acked.add(ids.len() as i64),
+            // Unsettled, they are sent again on the next hello.
+            Err(e) => tracing::warn!(error = %e, "storing acks failed"),
+        }
+        if self.session.settled(&ids) {
+            self.send_stored(ua, WEBPUSH_BACKLOG).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the UA's outstanding notifications right after `OK` (or `hello`), then whatever
+    /// was routed here meanwhile, without sending any of them twice.
     async fn send_pending(
         &mut self,
         ua: &UaId,
         rx: &mut mpsc::Receiver<Outbound>,
     ) -> Result<(), End> {
-        let now = self.shared.deps.clock.now();
-        let pending = match self
-            .shared
-            .deps
-            .store
-            .outstanding(ua, now, self.shared.settings.max_pending)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                // They stay pending and go out on the next register/ua.
-                tracing::warn!(error = %e, "reading pending notifications failed");
-                Vec::new()
-            }
+        let limit = match self.session.dialect() {
+            Dialect::WebPush => self.shared.settings.max_pending.min(WEBPUSH_BACKLOG),
+            _ => self.shared.settings.max_pending,
         };
-        let base = self.shared.deps.notify_base_url.clone();
-        for chunk in pending.chunks(PENDING_PER_FRAME) {
-            let frames: Vec<_> = chunk.iter().map(|n| n.to_frame(&base)).collect();
-            let text = serde_json::to_string(&frames).map_err(|e| {
-                tracing::error!(error = %e, "encoding pending notifications failed");
-                End::Gone
-            })?;
-            self.send_text(text).await?;
-            self.shared.metrics.delivered.add(chunk.len() as i64);
-        }
-        let ids: Vec<_> = pending.into_iter().map(|n| n.message_id).collect();
-        self.session.sent_after_ok(ids.iter().cloned());
-        let updates = DeliveryUpdate::for_ua(ua, ids, DeliveryStatus::Sent);
-        if let Err(e) = self.shared.deps.store.record_deliveries(updates, now).await {
-            tracing::warn!(error = %e, "recording pending notifications as sent failed");
-        }
-        // Notifications routed here while the pending ones were read may be among them.
+        let ids = self.send_stored(ua, limit).await?;
+        self.session.sent_after_ok(ids);
+        // Notifications routed here while the pending ones were read may be among them.        // Notifications routed here while the pending ones were read may be among them.
         while let Ok(outbound) = rx.try_recv() {
             match outbound {
                 Outbound::Notify(queued) => {
@@ -465,6 +601,35 @@ where
 
 fn unavailable() -> ProtocolError {
     ProtocolError::new(Code::Unavailable, "a dependency is unavailable; retry")
+}
+
+/// Writes notifications in their frames, oldest first: Telefónica ones in arrays of up to
+/// [`PENDING_PER_FRAME`], Web Push ones each in its own message.
+fn frames_of(pending: &[Notification], base: &str) -> Result<Vec<String>, serde_json::Error> {
+    let mut texts = Vec::new();
+    let mut batch: Vec<NotificationFrame<'_>> = Vec::new();
+    for n in pending {
+        match n.to_frame(base) {
+            Frame::Telefonica(frame) => {
+                batch.push(frame);
+                if batch.len() == PENDING_PER_FRAME {
+                    texts.push(serde_json::to_string(&batch)?);
+                    batch.clear();
+                }
+            }
+            frame @ Frame::WebPush(_) => {
+                if !batch.is_empty() {
+                    texts.push(serde_json::to_string(&batch)?);
+                    batch.clear();
+                }
+                texts.push(frame.to_text()?);
+            }
+        }
+    }
+    if !batch.is_empty() {
+        texts.push(serde_json::to_string(&batch)?);
+    }
+    Ok(texts)
 }
 
 #[cfg(test)]
@@ -640,7 +805,7 @@ mod tests {
                 message_id: MessageId::new(uuid::Uuid::now_v7().simple().to_string()),
                 app_token: AppToken::new("app"),
                 id: id.into(),
-                message: format!("message {id}"),
+                payload: common::notification::Payload::Text(format!("message {id}")),
                 ttl: 3600,
                 timestamp: NOW,
                 expires_at: Clock::system().now().plus(3600),

@@ -53,7 +53,7 @@ pub(crate) async fn consume(shared: Arc<Shared>, shutdown: CancellationToken) {
 /// Delivers to the targets connected here and hands the others back to the monitor. Asks
 /// for a retry when what happened could not be stored or handed back.
 async fn deliver(shared: &Shared, n: Notification, targets: Vec<UaId>) -> Handled {
-    let frame = match serde_json::to_string(&[n.to_frame(&shared.deps.notify_base_url)]) {
+    let frame = match n.to_frame(&shared.deps.notify_base_url).to_text() {
         Ok(frame) => Utf8Bytes::from(frame),
         Err(e) => {
             tracing::error!(error = %e, message_id = %n.message_id, "encoding a notification failed");

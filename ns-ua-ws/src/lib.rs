@@ -9,6 +9,7 @@ mod frames;
 mod frontend;
 mod registry;
 mod session;
+mod webpush;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -135,7 +136,12 @@ impl Shared {
     }
 }
 
-/// The HTTP routes of the port: `GET /token`, `/health`, `/metrics`.
+/// The demo page of Web Push and its service worker, on the origin of the push WebSocket.
+const DEMO_PAGE: &str = include_str!("demo/index.html");
+const DEMO_WORKER: &str = include_str!("demo/sw.js");
+
+/// The HTTP routes of the port: `GET /token`, the Web Push demo under `/demo/`, `/health`,
+/// `/metrics`.
 fn http_routes(
     shared: Arc<Shared>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
@@ -151,11 +157,30 @@ fn http_routes(
             )
             .into_response()
         });
+    let demo_page = warp::path("demo")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::path::full())
+        .map(|path: warp::path::FullPath| {
+            // Relative links (`sw.js`) need the trailing slash.
+            if path.as_str().ends_with('/') {
+                warp::reply::html(DEMO_PAGE).into_response()
+            } else {
+                warp::redirect::see_other(warp::http::Uri::from_static("/demo/")).into_response()
+            }
+        });
+    let demo_worker = warp::path!("demo" / "sw.js").and(warp::get()).map(|| {
+        warp::reply::with_header(DEMO_WORKER, "content-type", "text/javascript").into_response()
+    });
     let health = ns_http::Health {
         store: Some(shared.deps.store.clone()),
         broker: Some(shared.deps.broker.clone()),
     };
     token
+        .or(demo_page)
+        .unify()
+        .or(demo_worker)
+        .unify()
         .or(ns_http::ops_routes(health, shared.deps.registry.clone()))
         .unify()
         .recover(ns_http::recover)

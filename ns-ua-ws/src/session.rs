@@ -1,6 +1,8 @@
 //! The WebSocket session state machine (§2), without I/O: from what the connection has
 //! registered so far, it decides what each client frame leads to, which queued
 //! notifications are sent after the pending ones, and what is left to release at the end.
+//! The first text frame fixes the connection's dialect: Telefónica (PROTOCOL.md) or Web
+//! Push (WEBPUSH.md, whose messages are read in [`crate::webpush`]).
 
 use common::crypto::{self, Secret};
 use common::model::{App, AppToken, Interface, MessageId, UaId};
@@ -50,19 +52,76 @@ pub(crate) enum Close {
     TakenOver,
     /// The server is shutting down.
     GoingAway,
+    /// A Web Push client broke the protocol; the reason goes in the close frame.
+    Protocol(&'static str),
+    /// A Web Push `hello` could not be stored; the client should come back later.
+    Unavailable,
+}
+
+/// The protocol a connection speaks, fixed by its first text frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    #[default]
+    Undecided,
+    Telefonica,
+    WebPush,
 }
 
 /// What a connection has registered.
 #[derive(Debug, Default)]
 pub(crate) struct Session {
+    /// The uatoken (or uaid) registered, and its UA.
     registered: Option<(String, UaId)>,
     /// The notifications sent right after `OK`, sorted, while the ones routed here meanwhile
     /// are drained: those must not go twice. (A sorted list rather than a set: every idle
     /// connection carries this field.)
     sent_after_ok: Vec<MessageId>,
+    dialect: Dialect,
+    /// Web Push: the stored messages sent from the backlog and not settled yet, sorted, and
+    /// whether the store may hold more of them. The rest of a large backlog follows once these
+    /// are settled, so a UA is never sent more than a bound of them at once.
+    backlog: Vec<MessageId>,
+    backlog_more: bool,
 }
 
 impl Session {
+    /// The dialect of the connection, fixed by the first text frame `text` if not yet.
+    pub(crate) fn dialect_for(&mut self, text: &str) -> Dialect {
+        if self.dialect == Dialect::Undecided {
+            self.dialect = if crate::webpush::is_webpush(text) {
+                Dialect::WebPush
+            } else {
+                Dialect::Telefonica
+            };
+        }
+        self.dialect
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Web Push: these backlog messages were sent; `more` if the store may hold others.
+    pub(crate) fn backlog_sent(&mut self, ids: impl IntoIterator<Item = MessageId>, more: bool) {
+        self.backlog = ids.into_iter().collect();
+        self.backlog.sort_unstable();
+        self.backlog_more = more;
+    }
+
+    /// Web Push: the UA settled these; true when the backlog sent is all settled and the
+    /// store may hold more, which are then to be sent.
+    pub(crate) fn settled<'a>(&mut self, ids: impl IntoIterator<Item = &'a MessageId>) -> bool {
+        for id in ids {
+            if let Ok(i) = self.backlog.binary_search(id) {
+                self.backlog.remove(i);
+            }
+        }
+        if self.backlog.is_empty() {
+            self.backlog = Vec::new();
+        }
+        self.backlog.is_empty() && std::mem::take(&mut self.backlog_more)
+    }
+
     /// The UA registered on this connection, if any.
     pub(crate) fn ua(&self) -> Option<&UaId> {
         self.registered.as_ref().map(|(_, ua)| ua)
@@ -319,6 +378,34 @@ mod tests {
         assert!(session.is_new(&MessageId::new("d")));
         session.drained();
         assert!(session.is_new(&MessageId::new("a")));
+    }
+
+    #[test]
+    fn the_first_text_frame_fixes_the_dialect() {
+        let mut session = Session::default();
+        assert_eq!(session.dialect(), Dialect::Undecided);
+        assert_eq!(
+            session.dialect_for(r#"{"messageType":"hello"}"#),
+            Dialect::WebPush
+        );
+        assert_eq!(session.dialect_for("PING"), Dialect::WebPush);
+        let mut session = Session::default();
+        assert_eq!(session.dialect_for("PING"), Dialect::Telefonica);
+        assert_eq!(
+            session.dialect_for(r#"{"messageType":"hello"}"#),
+            Dialect::Telefonica
+        );
+    }
+
+    #[test]
+    fn the_rest_of_a_backlog_follows_once_what_was_sent_is_settled() {
+        let mut session = Session::default();
+        session.backlog_sent(["b", "a"].map(MessageId::new), true);
+        assert!(!session.settled(&[MessageId::new("a"), MessageId::new("z")]));
+        assert!(session.settled(&[MessageId::new("b")]), "all settled: more");
+        assert!(!session.settled(&[MessageId::new("b")]), "asked once");
+        session.backlog_sent([MessageId::new("c")], false);
+        assert!(!session.settled(&[MessageId::new("c")]), "nothing more");
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Options {
     /// Number of ns-ua-ws instances (distributed mode).
     pub ws_instances: usize,
     pub notify: ns_as::Settings,
+    /// Of every front-end; its `server_id` is the harness's.
+    pub front_end: ns_ua_ws::Settings,
     pub wakeup: ns_ua_udp::Settings,
     /// MongoDB URL override (distributed mode).
     pub mongo_url: Option<String>,
@@ -67,6 +69,7 @@ impl Default for Options {
         Options {
             ws_instances: 1,
             notify: ns_as::Settings::default(),
+            front_end: ns_ua_ws::Settings::default(),
             wakeup: ns_ua_udp::Settings::default(),
             mongo_url: None,
             clock: Clock::system(),
@@ -262,6 +265,8 @@ impl Cluster {
                     broker,
                     registry: Registry::default(),
                     clock: clock.clone(),
+                    secret: common::crypto::Secret::new(secret.as_bytes()),
+                    public_base_url: notify_base_url.clone(),
                 };
                 let run = ns_as::run(
                     options.notify.clone(),
@@ -277,14 +282,17 @@ impl Cluster {
             let server_id = format!("ws{i}-{}", &unique[..8]);
             match options.binary(Role::FrontEnd(i)) {
                 Some(binary) => {
-                    let env = env(&[("NS_SERVER_ID", server_id)]);
+                    let env = env(&[
+                        ("NS_SERVER_ID", server_id),
+                        ("NS_MAX_PENDING", options.front_end.max_pending.to_string()),
+                    ]);
                     cluster.spawn(Role::FrontEnd(i), &binary, env, vec![listener]);
                 }
                 None => {
                     let (store, broker) = connect().await;
                     let settings = ns_ua_ws::Settings {
                         server_id: Some(server_id),
-                        ..Default::default()
+                        ..options.front_end.clone()
                     };
                     let deps = ns_ua_ws::Deps {
                         store,
@@ -364,6 +372,10 @@ impl Cluster {
                     ("NS_SECRET".to_owned(), secret),
                     ("NS_DATA_DIR".to_owned(), dir.path().display().to_string()),
                     ("NS_NOTIFY_BASE_URL".to_owned(), notify_base_url),
+                    (
+                        "NS_MAX_PENDING".to_owned(),
+                        options.front_end.max_pending.to_string(),
+                    ),
                 ];
                 cluster.spawn(
                     Role::Standalone,
@@ -377,6 +389,7 @@ impl Cluster {
                     ns_standalone::Settings::new(dir.path().to_owned(), notify_base_url);
                 settings.secret.secret = Some(secret);
                 settings.notify = options.notify;
+                settings.front_end = options.front_end;
                 settings.wakeup = options.wakeup;
                 let listeners = ns_standalone::Listeners {
                     ws: tokio_listener(ws),

@@ -7,7 +7,9 @@
 
 pub mod client;
 pub mod cluster;
+pub mod ece;
 pub mod process;
+pub mod webpush;
 
 pub use client::{Ua, UaEvent};
 pub use cluster::{Backend, Cluster, Options, Role};

@@ -1,0 +1,334 @@
+//! The Web Push side of ns-as (WEBPUSH.md §3): push endpoints, message locations and the
+//! UnifiedPush discovery answer. A message goes through the same pipeline as a Telefónica
+//! notification: stored, then published on `newMessages`, and only then answered `201`.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use common::delivery::StatusReport;
+use common::messages::{NewMessage, NEW_MESSAGES};
+use common::model::MessageId;
+use common::notification::{Notification, Payload, PushMessage};
+use common::vapid;
+use common::webpush::{
+    self, EndpointVersion, PushError, PushErrorKind, PushHeaders, RawHeaders, Subscription,
+    MAX_BODY,
+};
+use futures::{Stream, StreamExt};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Buf, Reply};
+
+use crate::State;
+
+/// `POST /wpush/{version}/{token}`: accepts one push message.
+pub(crate) async fn push<S, B>(
+    state: Arc<State>,
+    version: String,
+    token: String,
+    headers: HeaderMap,
+    body: S,
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    match accept(&state, &version, &token, &headers, body).await {
+        Ok((message_id, ttl)) => {
+            state.metrics.accepted.inc();
+            let location = format!(
+                "{}/m/{}",
+                state.public.base_url(),
+                webpush::location_token(&state.secret, &message_id, ttl > 0)
+            );
+            let mut response = StatusCode::CREATED.into_response();
+            let headers = response.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                headers.insert("location", value);
+            }
+            headers.insert("ttl", HeaderValue::from(ttl));
+            response
+        }
+        Err(e) => {
+            if e.kind == PushErrorKind::Unavailable {
+                state.metrics.unavailable.inc();
+            } else {
+                state.metrics.rejected.inc();
+            }
+            error_reply(&e, &state)
+        }
+    }
+}
+
+/// The checks of WEBPUSH.md §3 in their order, then the message stored and published.
+/// Returns its id and the TTL applied.
+async fn accept<S, B>(
+    state: &State,
+    version: &str,
+    token: &str,
+    headers: &HeaderMap,
+    body: S,
+) -> Result<(MessageId, u32), PushError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let declared = header(headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return Err(too_big());
+    }
+    let version = match version {
+        "v1" => EndpointVersion::V1,
+        "v2" => EndpointVersion::V2,
+        _ => return Err(unknown_endpoint()),
+    };
+    let now = state.clock.now();
+    let sub = Subscription::open(&state.secret, token).filter(|s| s.version() == version);
+    // On a v2 endpoint, VAPID comes first: an unauthenticated sender learns nothing of the
+    // subscription.
+    if version == EndpointVersion::V2 {
+        let key = verify_vapid(state, headers, now)?;
+        if !sub.as_ref().is_some_and(|s| s.is_bound_to(&key)) {
+            return Err(PushError::new(
+                PushErrorKind::Unauthorized,
+                "the VAPID key is not the one this subscription was made with",
+            ));
+        }
+    }
+    let sub = sub.ok_or_else(unknown_endpoint)?;
+    let app_token = sub.app_token(&state.secret);
+    let ua = sub.ua();
+    let subscribed = state.store.app_uas(&app_token).await.map_err(|e| {
+        tracing::warn!(error = %e, "subscription look-up failed");
+        unavailable()
+    })?;
+    if !subscribed.contains(&ua) {
+        return Err(PushError::new(
+            PushErrorKind::Gone,
+            "the subscription was removed",
+        ));
+    }
+    if version == EndpointVersion::V1 && header(headers, "authorization").is_some() {
+        verify_vapid(state, headers, now)?;
+    }
+    let body = read_body(body).await?;
+    let raw = RawHeaders {
+        ttl: header(headers, "ttl"),
+        urgency: header(headers, "urgency"),
+        topic: header(headers, "topic"),
+        content_encoding: header(headers, "content-encoding"),
+        encryption: header(headers, "encryption"),
+        crypto_key: header(headers, "crypto-key"),
+    };
+    let parsed = PushHeaders::parse(raw, body.len())?;
+    if !state.limiter.allow(app_token.as_str()) {
+        return Err(PushError::new(
+            PushErrorKind::RateLimited,
+            "too many messages for this subscription",
+        ));
+    }
+
+    let message_id = MessageId::new(uuid::Uuid::now_v7().simple().to_string());
+    let notification = Notification {
+        // Without a Topic, a message replaces nothing: its own id is its AS id.
+        id: parsed
+            .topic
+            .unwrap_or_else(|| message_id.as_str().to_owned()),
+        message_id: message_id.clone(),
+        app_token,
+        payload: Payload::Push(PushMessage {
+            channel_id: sub.channel.to_string(),
+            data: body,
+            encoding: parsed.encoding,
+        }),
+        ttl: parsed.ttl,
+        timestamp: now,
+        expires_at: now.plus(i64::from(parsed.ttl)),
+        priority: parsed.priority,
+        created_at: state.clock.now_millis(),
+    };
+    if !notification.is_ephemeral() {
+        state
+            .store
+            .insert_notification(&notification, now)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "storing a push message failed");
+                unavailable()
+            })?;
+    }
+    let message = NewMessage {
+        notification,
+        reroute: None,
+    };
+    ns_broker::publish(&*state.broker, NEW_MESSAGES, &message)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, message_id = %message_id, "publishing a push message failed");
+            unavailable()
+        })?;
+    Ok((message_id, parsed.ttl))
+}
+
+/// The VAPID key of a request, checked against the endpoint's origin.
+fn verify_vapid(
+    state: &State,
+    headers: &HeaderMap,
+    now: common::model::EpochSecs,
+) -> Result<Vec<u8>, PushError> {
+    let authorization = header(headers, "authorization").ok_or_else(|| {
+        PushError::new(
+            PushErrorKind::Unauthorized,
+            "this endpoint needs a VAPID Authorization header",
+        )
+    })?;
+    let claim = vapid::verify(
+        authorization,
+        header(headers, "crypto-key"),
+        state.public.origin(),
+        now,
+    )
+    .map_err(|e| PushError::new(PushErrorKind::Unauthorized, format!("VAPID: {e}")))?;
+    Ok(claim.key.as_bytes().to_vec())
+}
+
+/// Reads the body, refusing it as soon as it passes [`MAX_BODY`].
+async fn read_body<S, B>(mut body: S) -> Result<Bytes, PushError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let mut read = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|_| {
+            PushError::new(PushErrorKind::MissingHeader, "the body could not be read")
+        })?;
+        if read.len() + chunk.remaining() > MAX_BODY {
+            return Err(too_big());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            read.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(read.freeze())
+}
+
+/// `GET /wpush/{version}/{token}`: what a UnifiedPush distributor asks of an endpoint.
+pub(crate) fn discovery(state: &State, token: &str) -> Response {
+    if Subscription::open(&state.secret, token).is_none() {
+        return error_reply(&unknown_endpoint(), state);
+    }
+    warp::reply::json(&serde_json::json!({"unifiedpush": {"version": 1}})).into_response()
+}
+
+/// `GET /m/{location}`: the delivery status of a message.
+pub(crate) async fn status(state: Arc<State>, location: String) -> Response {
+    let Some((message_id, stored)) = webpush::open_location(&state.secret, &location) else {
+        return error_reply(&unknown_message(), &state);
+    };
+    if !stored {
+        // `TTL: 0`: only ever sent to UAs connected at the time, and never kept.
+        let report = StatusReport {
+            id: message_id.to_string(),
+            message_id,
+            deliveries: Vec::new(),
+        };
+        return warp::reply::json(&report).into_response();
+    }
+    match state.store.report(&message_id, state.clock.now()).await {
+        Ok(Some(report)) => warp::reply::json(&report).into_response(),
+        Ok(None) => error_reply(&unknown_message(), &state),
+        Err(e) => {
+            tracing::warn!(error = %e, "status look-up failed");
+            error_reply(&unavailable(), &state)
+        }
+    }
+}
+
+/// `DELETE /m/{location}`: withdraws a message wherever it is still pending.
+pub(crate) async fn withdraw(state: Arc<State>, location: String) -> Response {
+    let Some((message_id, _)) = webpush::open_location(&state.secret, &location) else {
+        return error_reply(&unknown_message(), &state);
+    };
+    match state.store.withdraw(&message_id, state.clock.now()).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error_reply(&unknown_message(), &state),
+        Err(e) => {
+            tracing::warn!(error = %e, "withdrawing a message failed");
+            error_reply(&unavailable(), &state)
+        }
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn too_big() -> PushError {
+    PushError::new(
+        PushErrorKind::TooBig,
+        "the body is over 4096 bytes; keep the plaintext under 3993 bytes",
+    )
+}
+
+fn unknown_endpoint() -> PushError {
+    PushError::new(PushErrorKind::NotFound, "no such push endpoint")
+}
+
+fn unknown_message() -> PushError {
+    PushError::new(PushErrorKind::NotFound, "no such message")
+}
+
+fn unavailable() -> PushError {
+    PushError::new(
+        PushErrorKind::Unavailable,
+        "the message can't be stored right now; retry",
+    )
+}
+
+/// The HTTP status of each kind of refusal.
+fn status_of(kind: PushErrorKind) -> StatusCode {
+    match kind {
+        PushErrorKind::MissingHeader
+        | PushErrorKind::BadTtl
+        | PushErrorKind::BadTopic
+        | PushErrorKind::BadUrgency
+        | PushErrorKind::BadEncoding
+        | PushErrorKind::MissingCryptoKeys => StatusCode::BAD_REQUEST,
+        PushErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        PushErrorKind::NotFound => StatusCode::NOT_FOUND,
+        PushErrorKind::Gone => StatusCode::GONE,
+        PushErrorKind::TooBig => StatusCode::PAYLOAD_TOO_LARGE,
+        PushErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        PushErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The JSON error body of WEBPUSH.md §3, with `Retry-After` where the sender should wait.
+fn error_reply(error: &PushError, state: &State) -> Response {
+    let status = status_of(error.kind);
+    let body = serde_json::json!({
+        "code": status.as_u16(),
+        "errno": error.kind.errno(),
+        "error": status.canonical_reason().unwrap_or(""),
+        "message": error.message,
+    });
+    let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    let retry = match error.kind {
+        PushErrorKind::RateLimited => Some(state.limiter.retry_after_secs()),
+        PushErrorKind::Unavailable => Some(RETRY_UNAVAILABLE_SECS),
+        _ => None,
+    };
+    if let Some(secs) = retry {
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(secs));
+    }
+    response
+}
+
+/// What a sender refused with 503 is told to wait.
+const RETRY_UNAVAILABLE_SECS: u64 = 5;
