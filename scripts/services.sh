@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Backing services of the distributed push server, on this machine:
 #   - RabbitMQ (Debian's rabbitmq-server), AMQP on 127.0.0.1:5672, user guest/guest;
-#   - a MongoDB-wire server (SecantusDB 0.7.0b3) on 127.0.0.1:${NS_MONGO_PORT:-27017}.
+#   - a MongoDB-wire server (SecantusDB 0.7.0b3) on 127.0.0.1:${NS_MONGO_PORT:-27017};
+# and the Web Push peers the tests drive: Debian's firefox-esr and pywebpush (PyPI).
 #
 # Usage: scripts/services.sh start|stop|status
-#   start   installs what is missing, starts what is not running (reusing whatever already
+#   start   installs what is missing (the Web Push peers too), starts what is not running (reusing whatever already
 #           answers on the ports) and waits until both accept connections.
 #   stop    stops what `start` started: SecantusDB through its pid file, RabbitMQ with
 #           `rabbitmqctl stop`. Anything it did not start is left running.
@@ -116,6 +117,19 @@ start_mongo() {
     wait_for "mongodb-wire server on 127.0.0.1:$MONGO_PORT" "$hint" mongo_up
 }
 
+# The real Web Push peers of the tests: a browser and a sender library, unmodified.
+install_peers() {
+    if ! command -v firefox-esr >/dev/null; then
+        say "installing firefox-esr (apt-get)"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q firefox-esr
+    fi
+    if ! python3 -c "import pywebpush" 2>/dev/null; then
+        say "installing pywebpush (pip)"
+        PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q pywebpush
+    fi
+}
+
 stop_mongo() {
     local pid
     if ! pid=$(our_mongo_pid); then
@@ -164,7 +178,7 @@ status() {
 }
 
 case "${1:-}" in
-    start) start_rabbit; start_mongo ;;
+    start) install_peers; start_rabbit; start_mongo ;;
     stop) stop_mongo; stop_rabbit ;;
     status) status ;;
     *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;

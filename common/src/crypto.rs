@@ -18,7 +18,7 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Random bytes in a uatoken (128 bits) and the length of its truncated tag.
 const TOKEN_RANDOM: usize = 16;
-const TOKEN_TAG: usize = 16;
+pub(crate) const TOKEN_TAG: usize = 16;
 
 /// Largest accepted `pbkbase64`, decoded: a 8192-bit key's PEM is well under this.
 const MAX_PEM: usize = 4096;
@@ -99,9 +99,10 @@ pub(crate) fn verify_bearer(secret: &Secret, domain: &[u8], token: &str) -> bool
     bool::from(expected.ct_eq(&raw[TOKEN_RANDOM..]))
 }
 
-fn token_tag(secret: &Secret, domain: &[u8], random: &[u8]) -> [u8; TOKEN_TAG] {
+/// A truncated HMAC of `data` under the secret, for one kind (`domain`) of credential.
+pub(crate) fn token_tag(secret: &Secret, domain: &[u8], data: &[u8]) -> [u8; TOKEN_TAG] {
     let mut mac = secret.mac(domain);
-    mac.update(random);
+    mac.update(data);
     let full = mac.finalize().into_bytes();
     let mut tag = [0u8; TOKEN_TAG];
     tag.copy_from_slice(&full[..TOKEN_TAG]);

@@ -29,7 +29,7 @@ pub const MAX_TOPIC: usize = 32;
 /// Longest uaid a UA may present; longer ones are never genuine.
 pub const MAX_UAID: usize = 128;
 
-const TAG: usize = 16;
+const TAG: usize = crypto::TOKEN_TAG;
 /// What an endpoint token seals: its version, the UA, the channel and the key's hash.
 const SEALED: usize = 1 + 16 + 16 + 16;
 
@@ -230,12 +230,7 @@ fn key_hash(key: &[u8]) -> [u8; 16] {
 }
 
 fn seal_tag(secret: &Secret, plain: &[u8]) -> [u8; TAG] {
-    let mut mac = secret.mac(b"endpoint\0");
-    mac.update(plain);
-    let full = mac.finalize().into_bytes();
-    let mut tag = [0u8; TAG];
-    tag.copy_from_slice(&full[..TAG]);
-    tag
+    crypto::token_tag(secret, b"endpoint\0", plain)
 }
 
 /// XORs `data` with a keystream drawn from the tag: HMAC blocks over (tag, counter).
@@ -284,13 +279,8 @@ pub fn open_location(secret: &Secret, token: &str) -> Option<(MessageId, bool)> 
     Some((MessageId::new(id), stored))
 }
 
-fn location_tag(secret: &Secret, id: &[u8]) -> [u8; TAG] {
-    let mut mac = secret.mac(b"location\0");
-    mac.update(id);
-    let full = mac.finalize().into_bytes();
-    let mut tag = [0u8; TAG];
-    tag.copy_from_slice(&full[..TAG]);
-    tag
+fn location_tag(secret: &Secret, content: &[u8]) -> [u8; TAG] {
+    crypto::token_tag(secret, b"location\0", content)
 }
 
 /// Why a push request is refused. Each kind has its `errno` (the JSON error body's); the

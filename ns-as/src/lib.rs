@@ -16,7 +16,7 @@ use bytes::Bytes;
 use clap::Args;
 use common::crypto::{PublicKey, Secret};
 use common::messages::{NewMessage, NEW_MESSAGES};
-use common::model::{AppToken, MessageId};
+use common::model::{AppToken, EpochSecs, MessageId};
 use common::notification::Notification;
 use common::validate::{validate_notify, Code, ProtocolError, DEFAULT_MAX_MESSAGE};
 use ns_broker::Broker;
@@ -335,29 +335,40 @@ async fn notify(
         priority: request.priority,
         created_at: state.clock.now_millis(),
     };
-    // A `ttl: 0` notification is for the UAs connected right now: nothing is stored.
-    if !notification.is_ephemeral() {
-        state
-            .store
-            .insert_notification(&notification, now)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "storing a notification failed");
-                unavailable()
-            })?;
-    }
     let message_id = notification.message_id.clone();
+    store_and_publish(state, notification, now)
+        .await
+        .map_err(|Unavailable| unavailable())?;
+    Ok(message_id)
+}
+
+/// The store or the broker failed; the cause is logged.
+struct Unavailable;
+
+/// Stores a notification (unless it is for the UAs connected right now: `ttl: 0` ones are
+/// never stored), then publishes it on `newMessages` and waits for the broker's confirm:
+/// what has to be done before the sender is answered.
+async fn store_and_publish(
+    state: &State,
+    notification: Notification,
+    now: EpochSecs,
+) -> Result<(), Unavailable> {
+    let message_id = notification.message_id.clone();
+    if !notification.is_ephemeral() {
+        if let Err(e) = state.store.insert_notification(&notification, now).await {
+            tracing::warn!(error = %e, message_id = %message_id, "storing a notification failed");
+            return Err(Unavailable);
+        }
+    }
     let message = NewMessage {
         notification,
         reroute: None,
     };
-    ns_broker::publish(&*state.broker, NEW_MESSAGES, &message)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, message_id = %message_id, "publishing a notification failed");
-            unavailable()
-        })?;
-    Ok(message_id)
+    if let Err(e) = ns_broker::publish(&*state.broker, NEW_MESSAGES, &message).await {
+        tracing::warn!(error = %e, message_id = %message_id, "publishing a notification failed");
+        return Err(Unavailable);
+    }
+    Ok(())
 }
 
 /// The app's public key, from the cache or the store; 404 for an unknown appToken.

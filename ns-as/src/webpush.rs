@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use common::delivery::StatusReport;
-use common::messages::{NewMessage, NEW_MESSAGES};
 use common::model::MessageId;
 use common::notification::{Notification, Payload, PushMessage};
 use common::vapid;
@@ -147,26 +146,9 @@ where
         priority: parsed.priority,
         created_at: state.clock.now_millis(),
     };
-    if !notification.is_ephemeral() {
-        state
-            .store
-            .insert_notification(&notification, now)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "storing a push message failed");
-                unavailable()
-            })?;
-    }
-    let message = NewMessage {
-        notification,
-        reroute: None,
-    };
-    ns_broker::publish(&*state.broker, NEW_MESSAGES, &message)
+    crate::store_and_publish(state, notification, now)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, message_id = %message_id, "publishing a push message failed");
-            unavailable()
-        })?;
+        .map_err(|crate::Unavailable| unavailable())?;
     Ok((message_id, parsed.ttl))
 }
 

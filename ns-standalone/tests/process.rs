@@ -1,8 +1,10 @@
-//! What only the `ns-standalone` process shows: its data directory survives `kill -9`, and
-//! SIGTERM closes every WebSocket and exits cleanly.
+//! What only the `ns-standalone` process shows: its data directory survives `kill -9`, for
+//! Telefónica notifications and Web Push messages alike, and SIGTERM closes every WebSocket
+//! and exits cleanly.
 
 use std::time::Duration;
 
+use ns_tests::webpush::PushUa;
 use ns_tests::{Backend, Cluster, Options, Role, Ua, UaEvent};
 use serde_json::json;
 
@@ -98,6 +100,47 @@ async fn kill_9_loses_nothing_that_was_answered() {
     assert_eq!(status, 200);
     let more = ua.next_notifications().await;
     assert!(more.iter().any(|n| n["messageId"] == v["messageId"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_push_messages_survive_kill_9() {
+    let mut c = standalone().await;
+    let mut ua = PushUa::hello(&c.ws_url(0), None).await;
+    let uaid = ua.uaid.clone();
+    let sub = ua.subscribe(None).await;
+    let acked = sub.message("acked before", 600).send().await;
+    assert_eq!(acked.status, 201);
+    let message = ua.notification().await;
+    ua.ack(&message, 100).await;
+    let location = acked.location.expect("a Location");
+    ns_tests::eventually("the ack to be stored", DEADLINE, || async {
+        let (_, v) = ns_tests::webpush::location(reqwest::Method::GET, &location).await;
+        (v["deliveries"][0]["status"] == "acked").then_some(())
+    })
+    .await;
+    ua.close().await;
+    let texts: Vec<String> = (0..20).map(|i| format!("stored {i}")).collect();
+    for text in &texts {
+        assert_eq!(sub.message(text, 600).send().await.status, 201);
+    }
+    c.proc(Role::Standalone).kill();
+    c.proc(Role::Standalone).start();
+    c.wait_healthy().await;
+
+    let mut ua = PushUa::hello(&c.ws_url(0), Some(&uaid)).await;
+    assert_eq!(ua.uaid, uaid, "the uaid is still genuine after a restart");
+    let mut got = Vec::new();
+    for _ in &texts {
+        got.push(sub.decrypt(&ua.notification().await));
+    }
+    assert_eq!(
+        got, texts,
+        "every message answered 201, in order, bytes intact"
+    );
+    ua.assert_silent(Duration::from_millis(1500)).await;
+    // The endpoint still works after the restart.
+    assert_eq!(sub.message("after", 60).send().await.status, 201);
+    assert_eq!(sub.decrypt(&ua.notification().await), "after");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -349,6 +349,40 @@ impl NotificationDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mongodb::bson::Bson;
+
+    #[test]
+    fn push_payloads_are_stored_as_bson_binary() {
+        let n = Notification {
+            message_id: MessageId::new("m"),
+            app_token: AppToken::new("t"),
+            id: "a".into(),
+            payload: Payload::Push(PushMessage {
+                channel_id: "c".into(),
+                data: vec![0, 255, 1].into(),
+                encoding: Some(ContentEncoding::Aesgcm {
+                    encryption: "salt=s".into(),
+                    crypto_key: "dh=k".into(),
+                }),
+            }),
+            ttl: 10,
+            timestamp: EpochSecs(0),
+            expires_at: EpochSecs(10),
+            priority: 2,
+            created_at: EpochMillis(0),
+        };
+        let doc = mongodb::bson::to_document(&NotificationDoc::from_notification(&n))
+            .expect("a document");
+        let push = doc.get_document("push").expect("a push payload");
+        match push.get("data") {
+            Some(Bson::Binary(b)) => assert_eq!(b.bytes, vec![0, 255, 1]),
+            other => panic!("not binary: {other:?}"),
+        }
+        assert_eq!(push.get_str("encoding").ok(), Some("aesgcm"));
+        assert!(!doc.contains_key("message"));
+        let back: NotificationDoc = mongodb::bson::from_document(doc).expect("read back");
+        assert_eq!(back.into_notification().expect("a notification"), n);
+    }
 
     #[test]
     fn ua_documents_keep_the_live_connection_whole() {

@@ -17,6 +17,24 @@ pub use cluster::{Backend, Cluster, Options, Role};
 use std::future::Future;
 use std::time::Duration;
 
+/// Makes each named test body, an `async fn(Backend)` of the calling file, two tests: one
+/// against the distributed mode and one against the one-process mode.
+#[macro_export]
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn distributed() {
+                super::$name($crate::Backend::Distributed).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::Backend::Embedded).await
+            }
+        }
+    )*};
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where

@@ -14,23 +14,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::net::UdpSocket;
 
-/// Runs each named test body against both back-ends.
-macro_rules! both_modes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn distributed() {
-                super::$name(ns_tests::Backend::Distributed).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$name(ns_tests::Backend::Embedded).await
-            }
-        }
-    )*};
-}
-
-both_modes!(
+ns_tests::both_modes!(
     token_endpoint,
     websocket_basics,
     malformed_command_data,

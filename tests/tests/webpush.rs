@@ -11,23 +11,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Runs each named test body against both back-ends.
-macro_rules! both_modes {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn distributed() {
-                super::$name(ns_tests::Backend::Distributed).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$name(ns_tests::Backend::Embedded).await
-            }
-        }
-    )*};
-}
-
-both_modes!(
+ns_tests::both_modes!(
     push_deliver_ack_and_status,
     both_encodings_relayed_exactly,
     pending_after_hello_until_settled,
