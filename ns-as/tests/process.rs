@@ -1,9 +1,10 @@
-//! What only the `ns-as` process shows: a database outage answered with 503 and recovered
-//! from, and a clean exit on SIGTERM. The rest of the cluster runs in this process, on
+//! What only the `ns-as` process shows: a database outage answered with 503 (on notify URLs
+//! and push endpoints alike) and recovered from, and a clean exit on SIGTERM. The rest of the cluster runs in this process, on
 //! MongoDB and RabbitMQ.
 
 use std::time::Duration;
 
+use ns_tests::webpush::PushUa;
 use ns_tests::{eventually, Backend, Cluster, Options, Role, Ua};
 use serde_json::json;
 
@@ -84,6 +85,8 @@ async fn database_outage_gives_503_and_recovers() {
     let token = c.token().await;
     let mut ua = Ua::registered(&c.ws_url(0), &token).await;
     let url = ua.register_wa("wa-outage").await;
+    let mut push_ua = PushUa::hello(&c.ws_url(0), None).await;
+    let sub = push_ua.subscribe(None).await;
     let dir = mongo.stop();
 
     eventually("503 from ns-as", DEADLINE, || async {
@@ -93,6 +96,13 @@ async fn database_outage_gives_503_and_recovers() {
         (status == 503 && v["code"] == 503).then_some(())
     })
     .await;
+    let refused = eventually("503 from a push endpoint", DEADLINE, || async {
+        let answer = sub.message("during the outage", 60).send().await;
+        (answer.status == 503).then_some(answer)
+    })
+    .await;
+    assert_eq!(refused.errno(), 201);
+    assert!(refused.retry_after.is_some(), "{refused:?}");
     eventually("503 from /health", DEADLINE, || async {
         let r = reqwest::get(format!("{}/health", c.as_url)).await.ok()?;
         (r.status() == 503).then_some(())
@@ -111,6 +121,9 @@ async fn database_outage_gives_503_and_recovers() {
     assert_eq!(status, 200);
     let got = ua.notifications(1).await;
     assert_eq!(got[0]["messageId"], v["messageId"]);
+    let answer = sub.message("back", 60).send().await;
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert_eq!(sub.decrypt(&push_ua.notification().await), "back");
     // Before the database goes: the cluster removes its data from it.
     drop(c);
 }
