@@ -471,6 +471,18 @@ def _scenario(ff: Firefox, page: str, settle: float) -> None:
         raise Failure(f"#command does not contain the endpoint: {command!r}")
     log("#command contains the endpoint")
 
+    # The command the page shows, pasted as a user would (pywebpush is installed already).
+    before = page_messages(ff)
+    for line in command.splitlines():
+        if line.startswith("pip install"):
+            continue
+        done = subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise Failure(f"the page's command failed: {line!r}: {done.stderr.strip()}")
+    pasted = "Hello from the command line"
+    wait_for("the page's command in #messages", lambda: page_messages(ff) == before + [pasted], 30)
+    log(f"the page's command works: {pasted!r} received")
+
     before = page_messages(ff)
     online = ["hello aes128gcm", "hello aesgcm"]
     send(sub, online[0], encoding="aes128gcm")
