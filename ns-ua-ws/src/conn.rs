@@ -441,7 +441,7 @@ where
             self.send_text(text).await?;
         }
         self.shared.metrics.delivered.add(pending.len() as i64);
-        let more = pending.len() == limit;
+        let more = limit > 0 && pending.len() == limit;
         let ids: Vec<MessageId> = pending.into_iter().map(|n| n.message_id).collect();
         if self.session.dialect() == Dialect::WebPush {
             self.session.backlog_sent(ids.iter().cloned(), more);
@@ -565,9 +565,14 @@ where
             Err(e) => tracing::warn!(error = %e, "storing acks failed"),
         }
         if self.session.settled(&ids) {
-            self.send_stored(ua, WEBPUSH_BACKLOG).await?;
+            self.send_stored(ua, self.webpush_backlog()).await?;
         }
         Ok(())
+    }
+
+    /// Most stored messages a Web Push UA has unsettled at once.
+    fn webpush_backlog(&self) -> usize {
+        self.shared.settings.max_pending.min(WEBPUSH_BACKLOG)
     }
 
     /// Sends the UA's outstanding notifications right after `OK` (or `hello`), then whatever
@@ -578,7 +583,7 @@ where
         rx: &mut mpsc::Receiver<Outbound>,
     ) -> Result<(), End> {
         let limit = match self.session.dialect() {
-            Dialect::WebPush => self.shared.settings.max_pending.min(WEBPUSH_BACKLOG),
+            Dialect::WebPush => self.webpush_backlog(),
             _ => self.shared.settings.max_pending,
         };
         let ids = self.send_stored(ua, limit).await?;

@@ -628,22 +628,28 @@ async fn backlog_follows_as_acked(b: Backend) {
     let uaid = ua.uaid.clone();
     let sub = ua.subscribe(None).await;
     ua.close().await;
-    for i in 0..5 {
+    for i in 0..8 {
         stored_for_later(sub.message(&format!("m{i}"), 600)).await;
     }
     let mut ua = PushUa::hello(&c.ws_url(0), Some(&uaid)).await;
-    let first: Vec<Value> = vec![
-        ua.notification().await,
-        ua.notification().await,
-        ua.notification().await,
-    ];
+    // At most three unsettled at a time; the next three once all of those are settled, by
+    // ack or nack alike.
+    for batch in [&["m0", "m1", "m2"][..], &["m3", "m4", "m5"], &["m6", "m7"]] {
+        let mut got = Vec::new();
+        for _ in batch {
+            got.push(ua.notification().await);
+        }
+        let texts: Vec<String> = got.iter().map(|m| sub.decrypt(m)).collect();
+        assert_eq!(texts, batch);
+        ua.assert_silent(SHORT).await;
+        let (last, rest) = got.split_last().expect("a batch");
+        for m in rest {
+            ua.ack(m, 100).await;
+        }
+        ua.assert_silent(SHORT).await;
+        ua.ack(last, 101).await;
+    }
     ua.assert_silent(SHORT).await;
-    ua.ack(&first[0], 100).await;
-    ua.ack(&first[1], 100).await;
-    ua.assert_silent(SHORT).await;
-    ua.ack(&first[2], 101).await;
-    let rest = [ua.notification().await, ua.notification().await].map(|m| sub.decrypt(&m));
-    assert_eq!(rest, ["m3", "m4"]);
 }
 
 async fn both_dialects_on_one_port(b: Backend) {
