@@ -87,7 +87,7 @@ where
     // subscription.
     if version == EndpointVersion::V2 {
         let key = verify_vapid(state, headers, now)?;
-        if !sub.as_ref().is_some_and(|s| s.is_bound_to(&key)) {
+        if sub.as_ref().is_some_and(|s| !s.is_bound_to(&key)) {
             return Err(PushError::new(
                 PushErrorKind::Unauthorized,
                 "the VAPID key is not the one this subscription was made with",

@@ -451,13 +451,20 @@ async fn vapid_on_v2_and_v1(b: Backend) {
             "{what}: {answer:?}"
         );
     }
-    // VAPID is checked before the subscription: a forged v2 token is 401 without a key.
+    // VAPID is checked before the subscription: a forged v2 token is 401 without VAPID,
+    // 404 with a valid one.
     let forged = sub.endpoint.replace("/wpush/v2/", "/wpush/v2/A");
     let answer = Push::new(&forged, Vec::new())
         .header("TTL", "1")
         .send()
         .await;
-    assert_eq!(answer.status, 401);
+    assert_eq!((answer.status, answer.errno()), (401, 109));
+    let answer = Push::new(&forged, Vec::new())
+        .header("TTL", "1")
+        .vapid(&key, 3600)
+        .send()
+        .await;
+    assert_eq!((answer.status, answer.errno()), (404, 102));
 
     let answer = sub.message("signed", 60).vapid(&key, 3600).send().await;
     assert_eq!(answer.status, 201, "{answer:?}");
