@@ -757,6 +757,10 @@ mod tests {
     const NOW: EpochSecs = EpochSecs(1_700_000_000);
 
     fn fixture() -> Fixture {
+        fixture_with(Settings::default())
+    }
+
+    fn fixture_with(settings: Settings) -> Fixture {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).expect("store"));
         let secret = Secret::new("0123456789abcdef");
@@ -770,7 +774,7 @@ mod tests {
         };
         let settings = Settings {
             server_id: Some("here".into()),
-            ..Settings::default()
+            ..settings
         };
         Fixture {
             shared: Arc::new(Shared::new(settings, deps)),
@@ -912,6 +916,27 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(report.deliveries[0].status, DeliveryStatus::Sent);
+        client.leave().await;
+    }
+
+    #[tokio::test]
+    async fn web_push_connections_are_kept_alive_with_websocket_pings() {
+        let f = fixture_with(Settings {
+            ping_interval_secs: 1,
+            ..Settings::default()
+        });
+        let mut client = f.connect();
+        let hello = r#"{"messageType":"hello","use_webpush":true}"#;
+        client
+            .to_server
+            .unbounded_send(Message::Text(hello.into()))
+            .expect("the connection is open");
+        let reply = client.json().await;
+        assert_eq!(reply["messageType"], "hello");
+        // Firefox does not answer a server's `{}`: only control frames keep it alive.
+        for _ in 0..2 {
+            assert!(matches!(client.next().await, Message::Ping(_)));
+        }
         client.leave().await;
     }
 
