@@ -1,5 +1,5 @@
 //! One keep-alive HTTP/1.1 connection carrying one request at a time: the cheapest way to
-//! post notifications, so that the load generator leaves the CPU to the server.
+//! post notifications and push messages, so that the load generator leaves the CPU to the server.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -67,10 +67,22 @@ impl Connection {
 
     /// POSTs a JSON body to `path` and reads the whole answer.
     pub(crate) async fn post_json(&mut self, path: &str, body: Bytes) -> anyhow::Result<Answer> {
-        let request = hyper::Request::post(path)
-            .header("host", &self.authority)
-            .header("content-type", "application/json")
-            .body(Full::new(body))?;
+        self.post(path, &[("content-type", "application/json".into())], body)
+            .await
+    }
+
+    /// POSTs `body` with `headers` to `path` and reads the whole answer.
+    pub(crate) async fn post(
+        &mut self,
+        path: &str,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+    ) -> anyhow::Result<Answer> {
+        let mut request = hyper::Request::post(path).header("host", &self.authority);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request.body(Full::new(body))?;
         let sender = self.sender().await?;
         sender.ready().await?;
         let result = sender.send_request(request).await;

@@ -1,4 +1,5 @@
 //! `idle`: open and hold registered WebSocket connections; what each costs the server.
+//! A connection is set up as its dialect's devices do it ([`Client::idle`]).
 //!
 //! One process can hold only as many sockets as its open-file limit allows. When the limit
 //! can't be raised far enough (no privilege to raise the hard limit), the run is split over
@@ -16,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::Semaphore;
 
+use crate::dialect::Client;
 use crate::load::{per_sec, Clock, Errors};
 use crate::procstat::{Usage, Watch};
 use crate::report::{round, Report};
@@ -38,12 +40,12 @@ struct Opened {
 /// spawned tasks) until the process ends.
 async fn open_and_hold(
     target: &Target,
+    client: &Arc<Client>,
     count: usize,
     concurrency: usize,
     sources: &[IpAddr],
 ) -> Opened {
     let clock = Clock(Instant::now());
-    let client = reqwest::Client::new();
     let limit = Arc::new(Semaphore::new(concurrency.max(1)));
     let failures = Arc::new(Errors::default());
     let dropped = Arc::new(Errors::default());
@@ -60,15 +62,7 @@ async fn open_and_hold(
         );
         tokio::spawn(async move {
             let permit = limit.acquire_owned().await;
-            let setup = async {
-                let token = ua::token(&client, &ws_url).await.context("GET /token")?;
-                let mut ws = ua::connect(&ws_url, source).await.context("connect")?;
-                ua::register(&mut ws, &token, None)
-                    .await
-                    .context("register/ua")?;
-                anyhow::Ok(ws)
-            };
-            let mut ws = match setup.await {
+            let mut ws = match client.idle(&ws_url, source).await {
                 Ok(ws) => ws,
                 Err(e) => {
                     failures.count(format!("{e:#}"));
@@ -79,8 +73,11 @@ async fn open_and_hold(
             drop(permit);
             let _ = done.send(true);
             // Hold: reading answers the server's pings, and notices a close.
-            if let Err(e) = ua::next_text(&mut ws).await {
-                dropped.count(format!("{e:#}"));
+            loop {
+                if let Err(e) = ua::next_text(&mut ws).await {
+                    dropped.count(format!("{e:#}"));
+                    break;
+                }
             }
         });
     }
@@ -112,15 +109,27 @@ async fn open_and_hold(
     opened
 }
 
-pub(crate) async fn run(target: &Target, args: IdleArgs, fd_limit: u64) -> anyhow::Result<Report> {
+pub(crate) async fn run(
+    target: &Target,
+    client: Arc<Client>,
+    args: IdleArgs,
+    fd_limit: u64,
+) -> anyhow::Result<Report> {
     if let Some(source) = args.worker_source {
-        return worker(target, &args, source).await;
+        return worker(target, &client, &args, source).await;
     }
     let per_process = fd_limit.saturating_sub(SPARE_FDS).max(1) as usize;
     let watch = Watch::start(&target.pids);
     let held = if args.connections <= per_process {
         let sources = target.source_addrs(args.connections);
-        let opened = open_and_hold(target, args.connections, args.concurrency, &sources).await;
+        let opened = open_and_hold(
+            target,
+            &client,
+            args.connections,
+            args.concurrency,
+            &sources,
+        )
+        .await;
         let at_setup = watch.usage();
         tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
         Held {
@@ -139,6 +148,7 @@ pub(crate) async fn run(target: &Target, args: IdleArgs, fd_limit: u64) -> anyho
 
     let mut report = Report::new(
         "idle",
+        &client,
         json!({ "connections": args.connections, "concurrency": args.concurrency,
                 "hold_secs": args.hold_secs, "processes": held.processes }),
     );
@@ -217,7 +227,9 @@ async fn split(
         let mut command = Command::new(&exe);
         command
             .args(target.ws.iter().flat_map(|u| ["--ws", u.as_str()]))
-            .args(["--json", "idle"])
+            .args(["--dialect", target.dialect.name(), "--json"])
+            .args(target.vapid.then_some("--vapid"))
+            .arg("idle")
             .args(["--connections", &share.to_string()])
             .args([
                 "--concurrency",
@@ -284,9 +296,14 @@ fn merge(into: &mut serde_json::Map<String, Value>, counts: &Value) {
 
 /// A worker process: opens its share, prints one line, holds until its standard input
 /// closes, prints what dropped meanwhile, and exits.
-async fn worker(target: &Target, args: &IdleArgs, source: u8) -> anyhow::Result<Report> {
+async fn worker(
+    target: &Target,
+    client: &Arc<Client>,
+    args: &IdleArgs,
+    source: u8,
+) -> anyhow::Result<Report> {
     let sources = [IpAddr::V4(Ipv4Addr::new(127, 0, 0, source))];
-    let opened = open_and_hold(target, args.connections, args.concurrency, &sources).await;
+    let opened = open_and_hold(target, client, args.connections, args.concurrency, &sources).await;
     let mut out = tokio::io::stdout();
     let ready = json!({ "connected": opened.connected, "failed": opened.failures.to_json() });
     out.write_all(format!("{ready}\n").as_bytes()).await?;

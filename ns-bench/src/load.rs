@@ -1,5 +1,5 @@
 //! The scenarios: set up UAs the way devices would, load the server, and measure what the
-//! UAs see.
+//! UAs see. Written once for both dialects; [`Client`] speaks the one chosen.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,18 +18,18 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::dialect::{self, Client, Delivery, Device, Frame, Received};
 use crate::http::{Answer, Connection, Url};
 use crate::procstat::Watch;
 use crate::report::{histogram, round, Report};
-use crate::ua::{self, Socket};
+use crate::ua::Socket;
 use crate::{LoadArgs, StoredArgs, Target, WakeupArgs};
 
 /// UA set-ups in flight at once in the load scenarios.
 const SETUP_CONCURRENCY: usize = 100;
 
-/// Lifetime of the benchmark's notifications: long enough for any run, short enough that
-/// the server forgets them soon after.
-const NOTIFICATION_TTL: u64 = 3_600;
+/// Most notifications settled by one ack frame (both dialects' servers take up to 1,000).
+const MAX_ACK_BATCH: usize = 500;
 
 /// Failures counted by kind ("429", "connect: ...").
 #[derive(Default)]
@@ -42,12 +42,15 @@ impl Errors {
         *self.0.lock().expect("errors lock").entry(kind).or_default() += 1;
     }
 
-    /// The protocol's code of a refused notify, else the HTTP status.
+    /// The protocol's code of a refused notify (Web Push: the status and its `errno`), else
+    /// the HTTP status.
     fn count_answer(&self, answer: &Answer) {
-        let code = serde_json::from_slice::<Value>(&answer.body)
-            .ok()
-            .and_then(|v| v["code"].as_u64());
-        self.count(code.unwrap_or(answer.status as u64).to_string());
+        let body = serde_json::from_slice::<Value>(&answer.body).unwrap_or_default();
+        let code = body["code"].as_u64().unwrap_or(answer.status as u64);
+        match body["errno"].as_u64() {
+            Some(errno) => self.count(format!("{code} errno {errno}")),
+            None => self.count(code.to_string()),
+        }
     }
 
     #[cfg(test)]
@@ -68,36 +71,6 @@ impl Clock {
     pub(crate) fn now_us(&self) -> u64 {
         self.0.elapsed().as_micros() as u64
     }
-}
-
-/// A notify body whose message starts with its send time, so the UA can tell its latency
-/// without asking anyone.
-fn notify_body(seq: u64, sent_us: u64, payload: usize, priority: u8) -> Bytes {
-    let mut message = format!("{sent_us:020}");
-    if payload > message.len() {
-        message.extend(std::iter::repeat_n('x', payload - message.len()));
-    }
-    let body =
-        json!({ "id": seq, "message": message, "priority": priority, "ttl": NOTIFICATION_TTL });
-    Bytes::from(body.to_string())
-}
-
-/// The send time stamped in a message by [`notify_body`].
-fn sent_us(message: &str) -> Option<u64> {
-    message.get(..20)?.parse().ok()
-}
-
-/// A notification object as the UA receives it (the fields the benchmark reads).
-#[derive(Deserialize)]
-struct Received {
-    #[serde(rename = "messageId")]
-    message_id: String,
-    id: Value,
-    message: String,
-}
-
-fn seq_of(id: &Value) -> Option<u64> {
-    id.as_u64().or_else(|| id.as_str()?.parse().ok())
 }
 
 /// What the UAs saw, together.
@@ -133,24 +106,26 @@ impl Tally {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Records one frame's notifications; returns the message ids to ack.
-    fn frame(&self, text: &str, seen: &mut HashSet<u64>) -> Vec<String> {
+    /// Records one frame's notifications; returns what to ack.
+    fn frame(&self, client: &Client, text: &str, seen: &mut HashSet<u64>) -> Vec<Value> {
         let now = self.clock.now_us();
-        let Ok(items) = serde_json::from_str::<Vec<Received>>(text) else {
-            if text != "PONG" {
+        let items: Vec<Delivery> = match client.read(text) {
+            Frame::Notifications(items) => items,
+            Frame::KeepAlive => return Vec::new(),
+            Frame::Unexpected => {
                 self.errors.count(format!("frame: {text}"));
+                return Vec::new();
             }
-            return Vec::new();
         };
         let mut acks = Vec::with_capacity(items.len());
         let mut latency = self.latency.lock().expect("latency lock");
         for n in items {
-            match seq_of(&n.id) {
+            match n.seq {
                 Some(seq) if seen.insert(seq) => {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
                     if seq >= self.warmup {
                         self.measured.fetch_add(1, Ordering::Relaxed);
-                        if let Some(sent) = sent_us(&n.message) {
+                        if let Some(sent) = n.sent_us {
                             let _ = latency.record(now.saturating_sub(sent).max(1));
                         }
                     }
@@ -160,7 +135,7 @@ impl Tally {
                 }
                 None => self.errors.count("notification with a foreign id"),
             }
-            acks.push(n.message_id);
+            acks.push(n.ack);
         }
         drop(latency);
         self.first_us.fetch_min(now, Ordering::Relaxed);
@@ -169,47 +144,54 @@ impl Tally {
     }
 }
 
-/// Reads a registered UA's frames until the connection ends, acking every notification.
-async fn receive(ws: Socket, tally: Arc<Tally>) {
+/// Reads a subscribed UA's frames until the connection ends, acking every notification.
+/// Frames that have already arrived are read before acking, so one ack settles a burst.
+async fn receive(ws: Socket, client: Arc<Client>, tally: Arc<Tally>) {
     let (mut sink, mut stream) = ws.split();
     let mut seen = HashSet::new();
-    while let Some(frame) = stream.next().await {
-        let text = match frame {
-            Ok(Message::Text(t)) => t,
-            Ok(Message::Close(_)) => break,
-            Ok(_) => continue,
-            Err(e) => {
-                tally.errors.count(format!("websocket: {e}"));
+    let mut open = true;
+    while open {
+        let mut acks = Vec::new();
+        let mut frame = stream.next().await;
+        loop {
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    acks.extend(tally.frame(&client, &text, &mut seen));
+                }
+                Some(Ok(Message::Close(_))) | None => open = false,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tally.errors.count(format!("websocket: {e}"));
+                    open = false;
+                }
+            }
+            if !open || acks.len() >= MAX_ACK_BATCH {
                 break;
             }
-        };
-        let acks = tally.frame(&text, &mut seen);
-        if acks.is_empty() {
-            continue;
+            match stream.next().now_or_never() {
+                Some(next) => frame = next,
+                None => break,
+            }
         }
-        let ack = json!({ "command": "ack", "data": { "messageIds": acks } }).to_string();
-        if let Err(e) = sink.send(Message::Text(ack.into())).await {
-            tally.errors.count(format!("websocket: {e}"));
-            break;
+        while open && !acks.is_empty() {
+            let rest = acks.split_off(acks.len().min(MAX_ACK_BATCH));
+            let ack = client.ack(std::mem::replace(&mut acks, rest));
+            if let Err(e) = sink.send(Message::Text(ack.into())).await {
+                tally.errors.count(format!("websocket: {e}"));
+                open = false;
+            }
         }
     }
 }
 
-/// A UA ready for the load scenarios.
-struct Device {
-    token: String,
-    ws: Option<Socket>,
-    notify_url: String,
-}
-
-/// Sets up `count` UAs, each with `watoken(i)` registered (and a UDP interface when given).
+/// Sets up `count` UAs, each subscribed with `watoken(i)` (and a UDP interface when given).
 async fn devices(
     target: &Target,
+    client: &Arc<Client>,
     count: usize,
     watoken: impl Fn(usize) -> String,
     interfaces: Option<&[SocketAddr]>,
 ) -> anyhow::Result<Vec<Device>> {
-    let client = reqwest::Client::new();
     let limit = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
     let mut set = JoinSet::new();
     for i in 0..count {
@@ -222,16 +204,14 @@ async fn devices(
         let interface = interfaces.map(|a| a[i]);
         set.spawn(async move {
             let _permit = limit.acquire_owned().await?;
-            let token = ua::token(&client, &ws_url).await.context("GET /token")?;
-            let mut ws = ua::connect(&ws_url, None).await.context("connect")?;
-            ua::register(&mut ws, &token, interface).await?;
-            let notify_url = ua::register_wa(&mut ws, &token, &watoken).await?;
+            let (mut ws, identity) = client.connect(&ws_url, None, interface).await?;
+            let endpoint = client.subscribe(&mut ws, &identity, &watoken).await?;
             anyhow::Ok((
                 i,
                 Device {
-                    token,
                     ws: Some(ws),
-                    notify_url,
+                    identity,
+                    endpoint,
                 },
             ))
         });
@@ -257,7 +237,8 @@ struct Sent {
 
 /// Where notifications go and how fast.
 struct Plan {
-    /// Notify URLs, with how many UAs receive what is sent to each.
+    client: Arc<Client>,
+    /// Notify URLs or push endpoints, with how many UAs receive what is sent to each.
     targets: Vec<(Url, u64)>,
     total: u64,
     warmup: u64,
@@ -304,9 +285,11 @@ async fn send(plan: Arc<Plan>, clock: Clock) -> Arc<Sent> {
                 let conn = conns
                     .entry(url.authority.clone())
                     .or_insert_with(|| Connection::new(&url.authority));
-                let body = notify_body(k, stamp, plan.payload, plan.priority);
-                match conn.post_json(&url.path, body).await {
-                    Ok(a) if a.status == 200 => {
+                let request = plan
+                    .client
+                    .request(url, k, stamp, plan.payload, plan.priority);
+                match conn.post(&url.path, &request.headers, request.body).await {
+                    Ok(a) if plan.client.accepted(a.status) => {
                         sent.accepted.fetch_add(1, Ordering::Relaxed);
                         sent.owed.fetch_add(*subscribers, Ordering::Relaxed);
                     }
@@ -352,12 +335,14 @@ pub(crate) enum Shape {
 
 pub(crate) async fn throughput(
     target: &Target,
+    client: Arc<Client>,
     args: LoadArgs,
     shape: Shape,
 ) -> anyhow::Result<Report> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut devices = devices(
         target,
+        &client,
         args.uas,
         |i| match shape {
             Shape::OneWaPerUa => format!("bench-{run}-{i}"),
@@ -369,11 +354,11 @@ pub(crate) async fn throughput(
     let targets: Vec<(Url, u64)> = match shape {
         Shape::OneWaPerUa => devices
             .iter()
-            .map(|d| Ok((Url::parse(&d.notify_url)?, 1)))
+            .map(|d| Ok((Url::parse(&d.endpoint)?, 1)))
             .collect::<anyhow::Result<_>>()?,
         Shape::OneWaForAll => {
-            let url = &devices.first().ok_or_else(|| anyhow!("no UAs"))?.notify_url;
-            if devices.iter().any(|d| &d.notify_url != url) {
+            let url = &devices.first().ok_or_else(|| anyhow!("no UAs"))?.endpoint;
+            if devices.iter().any(|d| &d.endpoint != url) {
                 bail!("UAs registering the same watoken got different notify URLs");
             }
             vec![(Url::parse(url)?, devices.len() as u64)]
@@ -383,9 +368,10 @@ pub(crate) async fn throughput(
     let tally = Tally::new(clock, args.warmup);
     for d in &mut devices {
         let ws = d.ws.take().expect("a connected UA");
-        tokio::spawn(receive(ws, tally.clone()));
+        tokio::spawn(receive(ws, client.clone(), tally.clone()));
     }
     let plan = Arc::new(Plan {
+        client: client.clone(),
         targets,
         total: args.count + args.warmup,
         warmup: args.warmup,
@@ -406,6 +392,7 @@ pub(crate) async fn throughput(
     };
     let mut report = Report::new(
         name,
+        &client,
         json!({
             "uas": args.uas, "count": args.count, "warmup": args.warmup,
             "rate": args.rate.map_or(json!("max"), |r| json!(r)),
@@ -446,9 +433,20 @@ pub(crate) async fn throughput(
     Ok(report)
 }
 
-pub(crate) async fn stored(target: &Target, args: StoredArgs) -> anyhow::Result<Report> {
+pub(crate) async fn stored(
+    target: &Target,
+    client: Arc<Client>,
+    args: StoredArgs,
+) -> anyhow::Result<Report> {
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let mut devices = devices(target, args.uas, |i| format!("bench-{run}-{i}"), None).await?;
+    let mut devices = devices(
+        target,
+        &client,
+        args.uas,
+        |i| format!("bench-{run}-{i}"),
+        None,
+    )
+    .await?;
     // Offline: close every WebSocket and give the server a moment to see it.
     for d in &mut devices {
         if let Some(mut ws) = d.ws.take() {
@@ -459,9 +457,10 @@ pub(crate) async fn stored(target: &Target, args: StoredArgs) -> anyhow::Result<
 
     let clock = Clock(Instant::now());
     let plan = Arc::new(Plan {
+        client: client.clone(),
         targets: devices
             .iter()
-            .map(|d| Ok((Url::parse(&d.notify_url)?, 1)))
+            .map(|d| Ok((Url::parse(&d.endpoint)?, 1)))
             .collect::<anyhow::Result<_>>()?,
         total: args.count,
         warmup: 0,
@@ -477,37 +476,18 @@ pub(crate) async fn stored(target: &Target, args: StoredArgs) -> anyhow::Result<
 
     // Every UA's last notification must be stored as pending before the UAs come back,
     // or some would be delivered live instead of from the store.
-    let stored_by = Instant::now() + Duration::from_secs(args.drain_secs);
-    let client = reqwest::Client::new();
     let last_seq = |i: usize| {
         let n = args.uas as u64;
         let i = i as u64;
         (i < args.count).then(|| i + (args.count - 1 - i) / n * n)
     };
-    for (i, d) in devices.iter().enumerate() {
-        let Some(seq) = last_seq(i) else { continue };
-        loop {
-            let r = client.get(format!("{}/{seq}", d.notify_url)).send().await;
-            let pending = match r {
-                Ok(r) if r.status() == 200 => r
-                    .json::<Value>()
-                    .await
-                    .ok()
-                    .is_some_and(|v| v["deliveries"].as_array().is_some_and(|d| !d.is_empty())),
-                _ => false,
-            };
-            if pending {
-                break;
-            }
-            if Instant::now() > stored_by {
-                bail!(
-                    "notification {seq} was not stored for its UA within {}s",
-                    args.drain_secs
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let last = devices
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| Some((d.endpoint.as_str(), last_seq(i)?)));
+    client
+        .wait_pending(last, Duration::from_secs(args.drain_secs))
+        .await?;
     let routed_us = clock.now_us();
 
     // Everyone reconnects at once.
@@ -516,24 +496,24 @@ pub(crate) async fn stored(target: &Target, args: StoredArgs) -> anyhow::Result<
     let limit = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
     let mut set = JoinSet::new();
     for (i, d) in devices.iter().enumerate() {
-        let (ws_url, token, tally, limit) = (
+        let (ws_url, identity, client, tally, limit) = (
             target.front_end(i).to_owned(),
-            d.token.clone(),
+            d.identity.clone(),
+            client.clone(),
             tally.clone(),
             limit.clone(),
         );
         set.spawn(async move {
             let permit = limit.acquire_owned().await?;
-            let mut ws = ua::connect(&ws_url, None).await?;
-            ua::register(&mut ws, &token, None).await?;
+            let ws = client.reconnect(&ws_url, &identity).await?;
             drop(permit);
-            tokio::spawn(receive(ws, tally));
+            tokio::spawn(receive(ws, client, tally));
             anyhow::Ok(())
         });
     }
     while let Some(joined) = set.join_next().await {
         if let Err(e) = joined? {
-            tally.errors.count(format!("reconnect: {e}"));
+            tally.errors.count(format!("reconnect: {e:#}"));
         }
     }
     let registered_us = clock.now_us();
@@ -544,6 +524,7 @@ pub(crate) async fn stored(target: &Target, args: StoredArgs) -> anyhow::Result<
     let last = tally.last_us.load(Ordering::Relaxed);
     let mut report = Report::new(
         "stored",
+        &client,
         json!({ "uas": args.uas, "count": args.count, "http_conns": args.http_conns, "payload": args.payload }),
     );
     report.add("accepted", accepted);
@@ -580,7 +561,12 @@ pub(crate) async fn stored(target: &Target, args: StoredArgs) -> anyhow::Result<
     Ok(report)
 }
 
-pub(crate) async fn wakeup(target: &Target, args: WakeupArgs) -> anyhow::Result<Report> {
+/// Telefónica only: Web Push has no wake-up (`main` refuses it there).
+pub(crate) async fn wakeup(
+    target: &Target,
+    client: Arc<Client>,
+    args: WakeupArgs,
+) -> anyhow::Result<Report> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut sockets = Vec::with_capacity(args.uas);
     for _ in 0..args.uas {
@@ -592,6 +578,7 @@ pub(crate) async fn wakeup(target: &Target, args: WakeupArgs) -> anyhow::Result<
         .collect::<Result<_, _>>()?;
     let mut devices = devices(
         target,
+        &client,
         args.uas,
         |i| format!("bench-{run}-{i}"),
         Some(&interfaces),
@@ -620,7 +607,7 @@ pub(crate) async fn wakeup(target: &Target, args: WakeupArgs) -> anyhow::Result<
             to_pull.clone(),
             errors.clone(),
         );
-        let notify = Url::parse(&device.notify_url)?;
+        let notify = Url::parse(&device.endpoint)?;
         let wait = Duration::from_secs(args.wait_secs);
         let mine: Vec<u64> = (i as u64..args.count).step_by(n as usize).collect();
         set.spawn(async move {
@@ -630,7 +617,7 @@ pub(crate) async fn wakeup(target: &Target, args: WakeupArgs) -> anyhow::Result<
             for seq in mine {
                 let t0 = clock.now_us();
                 match notify_conn
-                    .post_json(&notify.path, notify_body(seq, t0, 32, 1))
+                    .post_json(&notify.path, dialect::notify_body(seq, t0, 32, 1))
                     .await
                 {
                     Ok(a) if a.status == 200 => {}
@@ -652,7 +639,7 @@ pub(crate) async fn wakeup(target: &Target, args: WakeupArgs) -> anyhow::Result<
                     Ok(Err(e)) => errors.count(format!("udp: {e}")),
                     Err(_) => errors.count("no datagram"),
                 }
-                let body = Bytes::from(json!({ "uatoken": device.token }).to_string());
+                let body = Bytes::from(json!({ "uatoken": device.identity }).to_string());
                 let ids = match pull_conn.post_json("/pull", body).await {
                     Ok(a) if a.status == 200 => pulled_ids(&a.body, seq),
                     Ok(a) => Err(anyhow!("/pull answered {}", a.status)),
@@ -667,7 +654,7 @@ pub(crate) async fn wakeup(target: &Target, args: WakeupArgs) -> anyhow::Result<
                 };
                 let us = clock.now_us() - t0;
                 let _ = to_pull.lock().expect("histogram").record(us.max(1));
-                let body = json!({ "uatoken": device.token, "messageIds": ids }).to_string();
+                let body = json!({ "uatoken": device.identity, "messageIds": ids }).to_string();
                 match pull_conn.post_json("/ack", Bytes::from(body)).await {
                     Ok(a) if a.status == 200 => {}
                     Ok(a) => errors.count(format!("/ack answered {}", a.status)),
@@ -682,6 +669,7 @@ pub(crate) async fn wakeup(target: &Target, args: WakeupArgs) -> anyhow::Result<
 
     let mut report = Report::new(
         "wakeup",
+        &client,
         json!({ "uas": args.uas, "count": args.count, "wait_secs": args.wait_secs }),
     );
     let pulled = to_pull.lock().expect("histogram").len();
@@ -708,7 +696,11 @@ fn pulled_ids(body: &[u8], seq: u64) -> anyhow::Result<Vec<String>> {
         messages: Vec<Received>,
     }
     let pulled: Pulled = serde_json::from_slice(body).context("/pull answer")?;
-    if !pulled.messages.iter().any(|m| seq_of(&m.id) == Some(seq)) {
+    if !pulled
+        .messages
+        .iter()
+        .any(|m| dialect::seq_of(&m.id) == Some(seq))
+    {
         bail!("notification {seq} not in the /pull answer");
     }
     Ok(pulled.messages.into_iter().map(|m| m.message_id).collect())
@@ -717,40 +709,30 @@ fn pulled_ids(body: &[u8], seq: u64) -> anyhow::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_send_time_travels_in_the_message() {
-        let body: Value = serde_json::from_slice(&notify_body(7, 123_456, 64, 4)).unwrap();
-        let message = body["message"].as_str().unwrap();
-        assert_eq!(message.len(), 64);
-        assert_eq!(sent_us(message), Some(123_456));
-        assert_eq!(body["id"], 7);
-        // Shorter payloads still carry the stamp.
-        let body: Value = serde_json::from_slice(&notify_body(7, 5, 1, 1)).unwrap();
-        assert_eq!(sent_us(body["message"].as_str().unwrap()), Some(5));
-    }
+    use crate::dialect::Dialect;
 
     #[test]
     fn a_frame_counts_each_notification_once_and_acks_all() {
         let tally = Tally::new(Clock(Instant::now()), 1);
+        let client = Client::new(Dialect::Telefonica, false).unwrap();
         let mut seen = HashSet::new();
         let frame = |id: u64| {
             json!([{ "messageType": "notification", "messageId": format!("m{id}"), "id": id,
                      "message": format!("{:020}", 0), "ttl": 1, "timestamp": 1, "priority": 4 }])
             .to_string()
         };
-        assert_eq!(tally.frame(&frame(0), &mut seen), ["m0"]);
-        assert_eq!(tally.frame(&frame(1), &mut seen), ["m1"]);
-        assert_eq!(tally.frame(&frame(1), &mut seen), ["m1"]);
+        assert_eq!(tally.frame(&client, &frame(0), &mut seen), ["m0"]);
+        assert_eq!(tally.frame(&client, &frame(1), &mut seen), ["m1"]);
+        assert_eq!(tally.frame(&client, &frame(1), &mut seen), ["m1"]);
         assert_eq!(tally.delivered(), 2);
         // Notification 0 was warm-up: delivered, not measured.
         assert_eq!(tally.measured.load(Ordering::Relaxed), 1);
         assert_eq!(tally.latency.lock().unwrap().len(), 1);
         assert_eq!(tally.duplicates.load(Ordering::Relaxed), 1);
-        assert!(tally.frame("PONG", &mut seen).is_empty());
+        assert!(tally.frame(&client, "PONG", &mut seen).is_empty());
         assert_eq!(tally.errors.total(), 0);
         assert!(tally
-            .frame("{\"error\":\"x\",\"code\":450}", &mut seen)
+            .frame(&client, "{\"error\":\"x\",\"code\":450}", &mut seen)
             .is_empty());
         assert_eq!(tally.errors.total(), 1);
     }

@@ -1,12 +1,14 @@
 //! ns-bench: measures a running notification server the way its users feel it.
 //!
-//! It is only a client of PROTOCOL.md: HTTP to `/token`, `/notify`, `/pull` and `/ack`, the
-//! `push-notification` WebSocket, and UDP wake-ups. Each scenario prints a table, or one JSON
-//! object with `--json`.
+//! It is only a client, of either dialect (`--dialect`): PROTOCOL.md (HTTP to `/token`,
+//! `/notify`, `/pull` and `/ack`, the `push-notification` WebSocket, and UDP wake-ups), or
+//! Web Push (Firefox's WebSocket messages and RFC 8030 push endpoints, VAPID optional). Each
+//! scenario prints a table, or one JSON object with `--json`.
 
 // A benchmark's output is its report on standard output.
 #![allow(clippy::print_stdout)]
 
+mod dialect;
 mod http;
 mod idle;
 mod load;
@@ -15,14 +17,17 @@ mod report;
 mod ua;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::dialect::{Client, Dialect};
 use crate::report::Report;
 
-/// Measures a push notification server that speaks PROTOCOL.md.
+/// Measures a push notification server that speaks PROTOCOL.md or Web Push.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
@@ -52,6 +57,14 @@ pub(crate) struct Target {
     /// Print one JSON object instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The protocol UAs and senders speak: PROTOCOL.md, or Web Push (Firefox's WebSocket
+    /// messages and RFC 8030 push endpoints). `fanout` and `wakeup` are Telefónica only.
+    #[arg(long, global = true, value_enum, default_value_t = Dialect::Telefonica)]
+    pub dialect: Dialect,
+    /// Web Push: sign every push request with VAPID (a new P-256 key per run) and register
+    /// every channel with its public key.
+    #[arg(long, global = true)]
+    pub vapid: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,7 +112,7 @@ pub(crate) struct LoadArgs {
     /// Keep-alive HTTP connections to ns-as (each carries one request at a time).
     #[arg(long, default_value_t = 32)]
     pub http_conns: usize,
-    /// Bytes in each notification's message.
+    /// Bytes in each notification's message (Web Push: in its body, at least 16).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
     /// Notifications sent (and not measured) before the measured ones.
@@ -121,7 +134,7 @@ pub(crate) struct StoredArgs {
     /// Keep-alive HTTP connections to ns-as.
     #[arg(long, default_value_t = 32)]
     pub http_conns: usize,
-    /// Bytes in each notification's message.
+    /// Bytes in each notification's message (Web Push: in its body, at least 16).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
     /// Seconds to wait for the notifications to be stored, and then for the drain.
@@ -187,9 +200,41 @@ fn raise_nofile(wanted: u64) -> anyhow::Result<u64> {
     Ok(soft)
 }
 
+impl Scenario {
+    fn name(&self) -> &'static str {
+        match self {
+            Scenario::Idle(_) => "idle",
+            Scenario::Throughput(_) => "throughput",
+            Scenario::Stored(_) => "stored",
+            Scenario::Fanout(_) => "fanout",
+            Scenario::Wakeup(_) => "wakeup",
+        }
+    }
+}
+
+/// What the command line asks that can't be done, all of it.
+fn usage_problems(cli: &Cli) -> Vec<String> {
+    let mut problems = Vec::new();
+    problems.extend(dialect::unsupported(
+        cli.target.dialect,
+        cli.scenario.name(),
+    ));
+    if cli.target.vapid && cli.target.dialect != Dialect::Webpush {
+        problems.push("--vapid needs --dialect webpush".to_owned());
+    }
+    problems
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let problems = usage_problems(&cli);
+    if !problems.is_empty() {
+        Cli::command()
+            .error(ErrorKind::ArgumentConflict, problems.join("; "))
+            .exit();
+    }
+    let client = Arc::new(Client::new(cli.target.dialect, cli.target.vapid)?);
     let wanted = match &cli.scenario {
         Scenario::Idle(a) => a.connections as u64,
         Scenario::Throughput(a) | Scenario::Fanout(a) => a.uas as u64 + a.http_conns as u64,
@@ -205,11 +250,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let target = cli.target.clone();
     let report: Report = match cli.scenario {
-        Scenario::Idle(a) => idle::run(&target, a, limit).await?,
-        Scenario::Throughput(a) => load::throughput(&target, a, load::Shape::OneWaPerUa).await?,
-        Scenario::Fanout(a) => load::throughput(&target, a, load::Shape::OneWaForAll).await?,
-        Scenario::Stored(a) => load::stored(&target, a).await?,
-        Scenario::Wakeup(a) => load::wakeup(&target, a).await?,
+        Scenario::Idle(a) => idle::run(&target, client, a, limit).await?,
+        Scenario::Throughput(a) => {
+            load::throughput(&target, client, a, load::Shape::OneWaPerUa).await?
+        }
+        Scenario::Fanout(a) => {
+            load::throughput(&target, client, a, load::Shape::OneWaForAll).await?
+        }
+        Scenario::Stored(a) => load::stored(&target, client, a).await?,
+        Scenario::Wakeup(a) => load::wakeup(&target, client, a).await?,
     };
     if cli.target.json {
         println!("{}", report.to_json());
@@ -224,11 +273,28 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn webpush_refuses_fanout_and_wakeup_and_vapid_needs_it() {
+        let problems = |args: &[&str]| usage_problems(&Cli::parse_from(args));
+        assert!(problems(&["ns-bench", "--dialect", "webpush", "throughput"]).is_empty());
+        assert!(problems(&["ns-bench", "stored", "--dialect", "webpush", "--vapid"]).is_empty());
+        assert!(problems(&["ns-bench", "fanout"]).is_empty());
+        let refused = problems(&["ns-bench", "--dialect", "webpush", "fanout"]);
+        assert!(
+            refused[0].contains("`fanout` has no Web Push equivalent"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            problems(&["ns-bench", "wakeup", "--dialect=webpush"]).len(),
+            1
+        );
+        assert_eq!(problems(&["ns-bench", "idle", "--vapid"]).len(), 1);
     }
 
     #[test]

@@ -5,18 +5,25 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
+use crate::dialect::{Client, Dialect};
 use crate::procstat::Usage;
 
 pub(crate) struct Report {
     scenario: &'static str,
+    dialect: Dialect,
+    /// Whether the push requests were signed with VAPID.
+    vapid: bool,
     params: Map<String, Value>,
     results: Vec<(String, Value)>,
 }
 
 impl Report {
-    pub(crate) fn new(scenario: &'static str, params: Value) -> Report {
+    /// The report of `scenario` run by `client`, with the settings that shape it.
+    pub(crate) fn new(scenario: &'static str, client: &Client, params: Value) -> Report {
         Report {
             scenario,
+            dialect: client.dialect(),
+            vapid: client.signs(),
             params: params.as_object().cloned().unwrap_or_default(),
             results: Vec::new(),
         }
@@ -64,7 +71,14 @@ impl Report {
 
     pub(crate) fn to_json(&self) -> String {
         let results: Map<String, Value> = self.results.iter().cloned().collect();
-        json!({ "scenario": self.scenario, "params": self.params, "results": results }).to_string()
+        json!({
+            "scenario": self.scenario,
+            "dialect": self.dialect.name(),
+            "vapid": self.vapid,
+            "params": self.params,
+            "results": results,
+        })
+        .to_string()
     }
 
     pub(crate) fn to_table(&self) -> String {
@@ -74,7 +88,14 @@ impl Report {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let _ = writeln!(out, "{}  ({})", self.scenario, params.join(" "));
+        let vapid = if self.vapid { ", VAPID" } else { "" };
+        let _ = writeln!(
+            out,
+            "{} [{}{vapid}]  ({})",
+            self.scenario,
+            self.dialect.name(),
+            params.join(" ")
+        );
         let width = self.results.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (name, value) in &self.results {
             let shown = match value {
@@ -108,7 +129,8 @@ mod tests {
 
     #[test]
     fn table_and_json_carry_the_same_results() {
-        let mut r = Report::new("throughput", json!({ "uas": 10 }));
+        let client = Client::new(Dialect::Webpush, true).unwrap();
+        let mut r = Report::new("throughput", &client, json!({ "uas": 10 }));
         r.add("delivered", 5);
         let mut h = histogram();
         for us in [1_000, 2_000, 3_000] {
@@ -117,6 +139,8 @@ mod tests {
         r.latency("latency", &h);
         let v: Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["scenario"], "throughput");
+        assert_eq!(v["dialect"], "webpush");
+        assert_eq!(v["vapid"], true);
         assert_eq!(v["params"]["uas"], 10);
         assert_eq!(v["results"]["delivered"], 5);
         assert_eq!(v["results"]["latency"]["count"], 3);
@@ -124,7 +148,10 @@ mod tests {
         let max = v["results"]["latency"]["max_ms"].as_f64().unwrap();
         assert!((3.0..3.003).contains(&max), "{max}");
         let table = r.to_table();
-        assert!(table.starts_with("throughput  (uas=10)"), "{table}");
+        assert!(
+            table.starts_with("throughput [webpush, VAPID]  (uas=10)"),
+            "{table}"
+        );
         assert!(table.contains("delivered  5"), "{table}");
     }
 }

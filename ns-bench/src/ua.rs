@@ -1,5 +1,6 @@
 //! A lean UA: the `push-notification` WebSocket with small buffers, so that one load
-//! generator can hold as many connections as the server it measures.
+//! generator can hold as many connections as the server it measures. It speaks both
+//! dialects' set-up: PROTOCOL.md's commands and Web Push's `hello` and `register`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -139,6 +140,54 @@ pub(crate) async fn register_wa(
         bail!("register/wa answered {url}");
     }
     Ok(url)
+}
+
+/// Sends one Web Push message.
+async fn send_message(ws: &mut Socket, message: serde_json::Value) -> anyhow::Result<()> {
+    ws.send(Message::Text(message.to_string().into())).await?;
+    Ok(())
+}
+
+/// The answer to a Web Push message: of `kind`, with status 200.
+async fn reply(ws: &mut Socket, kind: &str) -> anyhow::Result<serde_json::Value> {
+    let text = answer(ws).await?;
+    let reply: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{kind} answered {text}"))?;
+    if reply["messageType"] != kind || reply["status"] != 200 {
+        bail!("{kind} answered {text}");
+    }
+    Ok(reply)
+}
+
+/// Web Push `hello`, with the uaid of an earlier connection when coming back; returns the
+/// uaid the server answered with.
+pub(crate) async fn hello(ws: &mut Socket, uaid: Option<&str>) -> anyhow::Result<String> {
+    let mut hello = json!({ "messageType": "hello", "use_webpush": true });
+    if let Some(uaid) = uaid {
+        hello["uaid"] = json!(uaid);
+    }
+    send_message(ws, hello).await?;
+    let reply = reply(ws, "hello").await?;
+    match reply["uaid"].as_str() {
+        Some(uaid) if !uaid.is_empty() => Ok(uaid.to_owned()),
+        _ => bail!("hello answered {reply}"),
+    }
+}
+
+/// Web Push `register` of a new channel, bound to the sender's VAPID `key` when given;
+/// returns the push endpoint.
+pub(crate) async fn register_channel(ws: &mut Socket, key: Option<&str>) -> anyhow::Result<String> {
+    let channel_id = uuid::Uuid::new_v4().hyphenated().to_string();
+    let mut register = json!({ "messageType": "register", "channelID": channel_id });
+    if let Some(key) = key {
+        register["key"] = json!(key);
+    }
+    send_message(ws, register).await?;
+    let reply = reply(ws, "register").await?;
+    match reply["pushEndpoint"].as_str() {
+        Some(endpoint) if reply["channelID"] == channel_id.as_str() => Ok(endpoint.to_owned()),
+        _ => bail!("register answered {reply}"),
+    }
 }
 
 #[cfg(test)]
