@@ -104,11 +104,13 @@ impl From<&VerifyingKey> for PublicKey {
     }
 }
 
-/// A VAPID header that checked out: the sender's key and its optional `sub` contact.
+/// A VAPID header that checked out: the sender's key, its optional `sub` contact, and when
+/// the token stops being valid (its `exp`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vapid {
     pub key: PublicKey,
     pub subject: Option<String>,
+    pub expires: EpochSecs,
 }
 
 /// Verifies a VAPID Authorization header for a push service at `origin` (such as
@@ -173,7 +175,11 @@ pub fn verify(
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(VapidError::BadClaim("sub")),
     };
-    Ok(Vapid { key, subject })
+    Ok(Vapid {
+        key,
+        subject,
+        expires: EpochSecs(exp),
+    })
 }
 
 /// Signs a VAPID JWT (for the load generator and tests) and returns the header value
@@ -494,7 +500,8 @@ mod tests {
             ),
             Ok(Vapid {
                 key: PublicKey::from(key(7).verifying_key()),
-                subject: Some("mailto:ops@example.com".into())
+                subject: Some("mailto:ops@example.com".into()),
+                expires: EpochSecs(i64::MAX),
             })
         );
     }

@@ -136,6 +136,7 @@ struct State {
     clock: Clock,
     apps: RwLock<HashMap<AppToken, CachedApp>>,
     limiter: RateLimiter,
+    vapid: webpush::VapidCache,
     metrics: Metrics,
 }
 
@@ -174,6 +175,7 @@ pub fn routes(
         broker: deps.broker.clone(),
         clock: deps.clock.clone(),
         apps: RwLock::new(HashMap::new()),
+        vapid: webpush::VapidCache::default(),
         metrics,
     });
     let with_state = {

@@ -8,7 +8,11 @@ use bytes::{Bytes, BytesMut};
 use common::delivery::StatusReport;
 use common::model::MessageId;
 use common::notification::{Notification, Payload, PushMessage};
-use common::vapid;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use common::model::EpochSecs;
+use common::vapid::{self, PublicKey};
 use common::webpush::{
     self, EndpointVersion, PushError, PushErrorKind, PushHeaders, RawHeaders, Subscription,
     MAX_BODY,
@@ -87,7 +91,7 @@ where
     // subscription.
     if version == EndpointVersion::V2 {
         let key = verify_vapid(state, headers, now)?;
-        if sub.as_ref().is_some_and(|s| !s.is_bound_to(&key)) {
+        if sub.as_ref().is_some_and(|s| !s.is_bound_to(key.as_bytes())) {
             return Err(PushError::new(
                 PushErrorKind::Unauthorized,
                 "the VAPID key is not the one this subscription was made with",
@@ -156,22 +160,71 @@ where
 fn verify_vapid(
     state: &State,
     headers: &HeaderMap,
-    now: common::model::EpochSecs,
-) -> Result<Vec<u8>, PushError> {
+    now: EpochSecs,
+) -> Result<PublicKey, PushError> {
     let authorization = header(headers, "authorization").ok_or_else(|| {
         PushError::new(
             PushErrorKind::Unauthorized,
             "this endpoint needs a VAPID Authorization header",
         )
     })?;
-    let claim = vapid::verify(
-        authorization,
-        header(headers, "crypto-key"),
-        state.public.origin(),
-        now,
-    )
-    .map_err(|e| PushError::new(PushErrorKind::Unauthorized, format!("VAPID: {e}")))?;
-    Ok(claim.key.as_bytes().to_vec())
+    let crypto_key = header(headers, "crypto-key");
+    if let Some(key) = state.vapid.get(authorization, crypto_key, now) {
+        return Ok(key);
+    }
+    let claim = vapid::verify(authorization, crypto_key, state.public.origin(), now)
+        .map_err(|e| PushError::new(PushErrorKind::Unauthorized, format!("VAPID: {e}")))?;
+    state
+        .vapid
+        .put(authorization, crypto_key, claim.key.clone(), claim.expires);
+    Ok(claim.key)
+}
+
+/// Most VAPID headers remembered as verified; past that the cache starts over.
+const VAPID_CACHE_LIMIT: usize = 10_000;
+
+/// VAPID headers already verified, until their token expires. A sender signs one token and
+/// sends it for hours, and checking its ES256 signature costs far more CPU than the rest of
+/// a request: a header seen before, byte for byte, needs only its expiry checked again. (The
+/// audience is this server's origin, the same for every request.)
+#[derive(Default)]
+pub(crate) struct VapidCache {
+    /// By the two headers as received (header values hold no line breaks), the key and
+    /// the token's expiry.
+    verified: Mutex<HashMap<String, (PublicKey, EpochSecs)>>,
+}
+
+fn cache_key(authorization: &str, crypto_key: Option<&str>) -> String {
+    format!("{authorization}\n{}", crypto_key.unwrap_or_default())
+}
+
+impl VapidCache {
+    fn get(
+        &self,
+        authorization: &str,
+        crypto_key: Option<&str>,
+        now: EpochSecs,
+    ) -> Option<PublicKey> {
+        let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        match verified.get(&cache_key(authorization, crypto_key)) {
+            Some((public, expires)) if *expires > now => Some(public.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(
+        &self,
+        authorization: &str,
+        crypto_key: Option<&str>,
+        key: PublicKey,
+        expires: EpochSecs,
+    ) {
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VAPID_CACHE_LIMIT {
+            verified.clear();
+        }
+        verified.insert(cache_key(authorization, crypto_key), (key, expires));
+    }
 }
 
 /// Reads the body, refusing it as soon as it passes [`MAX_BODY`].
@@ -314,3 +367,28 @@ fn error_reply(error: &PushError, state: &State) -> Response {
 
 /// What a sender refused with 503 is told to wait.
 const RETRY_UNAVAILABLE_SECS: u64 = 5;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_vapid_header_is_good_only_until_its_token_expires() {
+        let cache = VapidCache::default();
+        let signer = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).expect("a key");
+        let key = PublicKey::from(signer.verifying_key());
+        assert_eq!(cache.get("vapid t=a,k=b", None, EpochSecs(10)), None);
+        cache.put("vapid t=a,k=b", None, key.clone(), EpochSecs(100));
+        assert_eq!(
+            cache.get("vapid t=a,k=b", None, EpochSecs(99)),
+            Some(key.clone())
+        );
+        assert_eq!(cache.get("vapid t=a,k=b", None, EpochSecs(100)), None);
+        assert_eq!(
+            cache.get("vapid t=a,k=b", Some("p256ecdsa=x"), EpochSecs(10)),
+            None,
+            "another Crypto-Key is another header"
+        );
+        assert_eq!(cache.get("vapid t=a,k=c", None, EpochSecs(10)), None);
+    }
+}
