@@ -11,6 +11,18 @@ pub const MAX_TTL: u32 = 2_592_000;
 pub const MAX_ID_CHARS: usize = 32;
 /// Default limit of `message`, in bytes of UTF-8.
 pub const DEFAULT_MAX_MESSAGE: usize = 4096;
+/// Default of how far in the future a `timestamp` may be: the AS's clock may run ahead.
+pub const DEFAULT_MAX_CLOCK_SKEW: i64 = 300;
+
+/// What a notify body is checked against besides the protocol's own rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotifyLimits {
+    /// Largest `message`, in bytes of UTF-8.
+    pub max_message: usize,
+    /// Most seconds a `timestamp` may be ahead of the server's clock. With the TTL cap, no
+    /// notification outlives `now + MAX_TTL + max_clock_skew`.
+    pub max_clock_skew: i64,
+}
 
 /// The error codes of §6. Each HTTP edge maps them to a status; this crate knows none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,9 +95,10 @@ impl NotifyRequest {
 /// Validates a `POST /notify` body against §3, with `now` in epoch seconds.
 pub fn validate_notify(
     body: &[u8],
-    max_message: usize,
+    limits: NotifyLimits,
     now: EpochSecs,
 ) -> Result<NotifyRequest, ProtocolError> {
+    let max_message = limits.max_message;
     let value: Value =
         serde_json::from_slice(body).map_err(|_| err(Code::BadJson, "body is not valid JSON"))?;
     let Value::Object(obj) = value else {
@@ -157,6 +170,15 @@ pub fn validate_notify(
             }
         },
     };
+    if timestamp > now.plus(limits.max_clock_skew) {
+        return Err(ProtocolError::new(
+            Code::BadField,
+            format!(
+                "timestamp is more than {} s ahead of the server's clock",
+                limits.max_clock_skew
+            ),
+        ));
+    }
 
     let priority = match obj.get("priority") {
         None | Some(Value::Null) => 4,
@@ -205,7 +227,11 @@ mod tests {
     const NOW: EpochSecs = EpochSecs(1_700_000_000);
 
     fn check(body: &str) -> Result<NotifyRequest, Code> {
-        validate_notify(body.as_bytes(), 16, NOW).map_err(|e| e.code)
+        let limits = NotifyLimits {
+            max_message: 16,
+            max_clock_skew: 300,
+        };
+        validate_notify(body.as_bytes(), limits, NOW).map_err(|e| e.code)
     }
 
     #[test]
@@ -283,6 +309,21 @@ mod tests {
         assert_eq!(
             check(r#"{"id": "a", "message": "ééééééééé"}"#),
             Err(Code::TooBig)
+        );
+    }
+
+    #[test]
+    fn a_timestamp_past_the_clock_skew_is_refused() {
+        let at = |t: i64| format!(r#"{{"id": "a", "message": "m", "ttl": 1, "timestamp": {t}}}"#);
+        assert!(check(&at(NOW.0 + 300)).is_ok(), "within the skew");
+        assert_eq!(check(&at(NOW.0 + 301)), Err(Code::BadField));
+        assert_eq!(check(&at(i64::MAX)), Err(Code::BadField));
+        assert_eq!(
+            check(&format!(
+                r#"{{"id": "a", "message": "m", "timestamp": "{}"}}"#,
+                i64::MAX
+            )),
+            Err(Code::BadField)
         );
     }
 

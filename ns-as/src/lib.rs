@@ -18,7 +18,9 @@ use common::crypto::{PublicKey, Secret};
 use common::messages::{NewMessage, NEW_MESSAGES};
 use common::model::{AppToken, EpochSecs, MessageId};
 use common::notification::Notification;
-use common::validate::{validate_notify, Code, ProtocolError, DEFAULT_MAX_MESSAGE};
+use common::validate::{
+    validate_notify, Code, NotifyLimits, ProtocolError, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_MESSAGE,
+};
 use ns_broker::Broker;
 use ns_runtime::metrics::{Metric, Registry};
 use ns_runtime::Clock;
@@ -50,6 +52,9 @@ pub struct Settings {
     /// Burst of notifications accepted for one appToken above the sustained rate.
     #[arg(long, env = "NS_RATE_BURST", default_value_t = DEFAULT_RATE_BURST)]
     pub rate_burst: u32,
+    /// Most seconds a notification's `timestamp` may be ahead of this server's clock.
+    #[arg(long, env = "NS_MAX_CLOCK_SKEW_SECS", default_value_t = DEFAULT_MAX_CLOCK_SKEW)]
+    pub max_clock_skew_secs: i64,
 }
 
 impl Default for Settings {
@@ -58,6 +63,7 @@ impl Default for Settings {
             max_message_bytes: DEFAULT_MAX_MESSAGE,
             rate_limit: DEFAULT_RATE_LIMIT,
             rate_burst: DEFAULT_RATE_BURST,
+            max_clock_skew_secs: DEFAULT_MAX_CLOCK_SKEW,
         }
     }
 }
@@ -68,6 +74,9 @@ impl Settings {
         let mut problems = Vec::new();
         if self.max_message_bytes == 0 {
             problems.push("--max-message-bytes must be positive".to_owned());
+        }
+        if self.max_clock_skew_secs < 0 {
+            problems.push("--max-clock-skew-secs must not be negative".to_owned());
         }
         problems
     }
@@ -308,7 +317,11 @@ async fn notify(
     }
     let key = app_key(state, &app_token).await?;
     let now = state.clock.now();
-    let request = validate_notify(body, state.settings.max_message_bytes, now)?;
+    let limits = NotifyLimits {
+        max_message: state.settings.max_message_bytes,
+        max_clock_skew: state.settings.max_clock_skew_secs,
+    };
+    let request = validate_notify(body, limits, now)?;
     if let Some(key) = key {
         let Some(signature) = request.signature.as_deref() else {
             return Err(ProtocolError::new(

@@ -308,6 +308,12 @@ async fn notify_validation_errors(b: Backend) {
             400,
             464,
         ),
+        // Far ahead of the server's clock: it would outlive the TTL cap.
+        (
+            r#"{"id":"e","message":"m","timestamp":9223372036854775807,"ttl":1}"#.to_owned(),
+            400,
+            464,
+        ),
         (
             json!({"id": "a", "message": "m", "priority": 0}).to_string(),
             400,
