@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod messages;
 pub mod model;
+pub mod network;
 pub mod notification;
 pub mod purge;
 pub mod routing;

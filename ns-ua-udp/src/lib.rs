@@ -2,6 +2,7 @@
 //! `POST /ack` (§4).
 
 mod coalesce;
+mod destinations;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use coalesce::{Coalescer, Decision};
+use destinations::DestinationLimiter;
 
 /// Largest pull or ack body.
 const MAX_BODY: u64 = 64 * 1024;
@@ -39,6 +41,7 @@ const CONCURRENCY: usize = 64;
 const DEFAULT_WAKEUP_INTERVAL_SECS: u64 = 5;
 const DEFAULT_COALESCE_WINDOW_SECS: u64 = 30;
 const DEFAULT_MAX_PULL: usize = 100;
+const DEFAULT_DESTINATION_INTERVAL_MS: u64 = 1000;
 
 /// The settings of ns-ua-udp.
 #[derive(Args, Clone, Debug)]
@@ -53,6 +56,9 @@ pub struct Settings {
     /// Notifications returned by a pull without a `limit`, and the most with one.
     #[arg(long, env = "NS_MAX_PULL", default_value_t = DEFAULT_MAX_PULL)]
     pub max_pull: usize,
+    /// Least time between two datagrams to one address and port, whichever UAs they wake (ms).
+    #[arg(long, env = "NS_WAKEUP_DESTINATION_INTERVAL_MS", default_value_t = DEFAULT_DESTINATION_INTERVAL_MS)]
+    pub wakeup_destination_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -61,6 +67,7 @@ impl Default for Settings {
             wakeup_interval_secs: DEFAULT_WAKEUP_INTERVAL_SECS,
             coalesce_window_secs: DEFAULT_COALESCE_WINDOW_SECS,
             max_pull: DEFAULT_MAX_PULL,
+            wakeup_destination_interval_ms: DEFAULT_DESTINATION_INTERVAL_MS,
         }
     }
 }
@@ -78,6 +85,7 @@ pub struct Deps {
 
 struct Metrics {
     datagrams: Arc<Metric>,
+    limited: Arc<Metric>,
     pulls: Arc<Metric>,
     acked: Arc<Metric>,
 }
@@ -86,6 +94,7 @@ struct State {
     settings: Settings,
     deps: Deps,
     coalescer: Mutex<Coalescer>,
+    destinations: Mutex<DestinationLimiter>,
     /// Wakes the sender when a wake-up is scheduled earlier than it was sleeping for.
     rescheduled: tokio::sync::Notify,
     metrics: Metrics,
@@ -236,6 +245,10 @@ pub async fn run(
     let r = &deps.registry;
     let metrics = Metrics {
         datagrams: r.counter("ns_udp_wakeups_sent_total", "Wake-up datagrams sent."),
+        limited: r.counter(
+            "ns_udp_wakeups_limited_total",
+            "Wake-up datagrams not sent: their destination had one less than the interval ago.",
+        ),
         pulls: r.counter("ns_udp_pulls_total", "Pulls served."),
         acked: r.counter("ns_udp_acked_total", "Notifications acked by POST /ack."),
     };
@@ -244,6 +257,9 @@ pub async fn run(
             Duration::from_secs(settings.wakeup_interval_secs),
             Duration::from_secs(settings.coalesce_window_secs),
         )),
+        destinations: Mutex::new(DestinationLimiter::new(Duration::from_millis(
+            settings.wakeup_destination_interval_ms,
+        ))),
         settings,
         deps,
         rescheduled: tokio::sync::Notify::new(),
@@ -262,6 +278,15 @@ pub async fn run(
 
 async fn send_datagram(state: &State, socket: &UdpSocket, interface: &Interface) {
     let target = std::net::SocketAddr::new(interface.ip, interface.port);
+    let allowed = state
+        .destinations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .allow(target, Instant::now());
+    if !allowed {
+        state.metrics.limited.inc();
+        return;
+    }
     match socket.send_to(b"NOTIFY", target).await {
         Ok(_) => state.metrics.datagrams.inc(),
         Err(e) => tracing::debug!(error = %e, "sending a wake-up failed"),
