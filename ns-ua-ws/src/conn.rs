@@ -14,8 +14,10 @@ use common::notification::{notify_url, Frame, Notification, NotificationFrame};
 use common::validate::{Code, ProtocolError};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use ns_broker::BrokerError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::error::ProtocolError as FrameError;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -40,6 +42,8 @@ const WEBPUSH_BACKLOG: usize = 1000;
 const READ_BUFFER: usize = 1024;
 /// Largest client frame: commands are small.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// How long a closed connection waits for the client to end TCP before dropping it.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Small buffers: most connections sit idle, and memory per connection is what limits how
 /// many one instance holds.
@@ -83,14 +87,28 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: Canc
     ));
     // Bound before it is used: a `match` on the handshake would keep its result, socket and
     // all, alive for as long as the connection.
-    let ws = match handshake.await {
+    let mut ws = match handshake.await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(error = %e, "WebSocket handshake failed");
             return;
         }
     };
-    run(ws, shared, shutdown).await;
+    run(&mut ws, shared, shutdown).await;
+    // On the heap: only an ending connection needs the room to read what is left.
+    Box::pin(linger(ws.into_inner())).await;
+}
+
+/// Ends the TCP connection once its WebSocket is closed. A FIN goes right away: Firefox
+/// does not finish the close handshake (WEBPUSH.md §2), and other clients take the end of
+/// the stream as its end. Then what the client still sends (its Close, the rest of a frame
+/// too large to read) is read and dropped for up to [`CLOSE_GRACE`], so that the socket
+/// closes with nothing unread: one closed with unread data sends a reset instead.
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut buf = vec![0u8; READ_BUFFER];
+    let drain = async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
 }
 
 /// Runs one connection over `socket` until the client leaves, the UA is taken over, or
@@ -158,8 +176,24 @@ enum Input {
 enum End {
     /// The socket is gone.
     Gone,
+    /// The client closed; tungstenite queued the echo of its Close frame when it read it.
+    ClosedByClient,
+    /// The client broke RFC 6455: the connection fails with this code (§7.1.7).
+    Fail(CloseCode, &'static str),
     /// The server closes the connection.
     Close(Close),
+}
+
+/// The Close frame answering a client frame that tungstenite could not read; `None` when
+/// the socket itself is gone.
+fn failure(error: &WsError) -> Option<(CloseCode, &'static str)> {
+    match error {
+        WsError::Capacity(_) => Some((CloseCode::Size, "frame too large")),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid UTF-8")),
+        WsError::Protocol(FrameError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some((CloseCode::Protocol, "WebSocket protocol violation")),
+        _ => None,
+    }
 }
 
 impl<S> Conn<S>
@@ -209,11 +243,20 @@ where
                 break end;
             }
         };
-        if let End::Close(close) = end {
-            if close == Close::TakenOver {
-                self.shared.metrics.taken_over.inc();
+        match end {
+            End::Gone => {}
+            // The reply goes out with the next write; tungstenite wrote the client's code in
+            // it, or 1002 for one a client may not send.
+            End::ClosedByClient => {
+                let _ = self.socket.flush().await;
             }
-            Box::pin(self.close(close)).await;
+            End::Fail(code, reason) => Box::pin(self.send_close(code, reason)).await,
+            End::Close(close) => {
+                if close == Close::TakenOver {
+                    self.shared.metrics.taken_over.inc();
+                }
+                Box::pin(self.close(close)).await;
+            }
         }
     }
 
@@ -234,7 +277,12 @@ where
                 Some(Ok(Message::Binary(_))) => self.step(self.session.on_binary()).await,
                 // Pings are answered by the WebSocket layer itself.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                Some(Ok(Message::Close(_)) | Err(_)) | None => Err(End::Gone),
+                Some(Ok(Message::Close(_))) => Err(End::ClosedByClient),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "unreadable client frame");
+                    Err(failure(&e).map_or(End::Gone, |(code, reason)| End::Fail(code, reason)))
+                }
+                None => Err(End::Gone),
             },
             Input::Outbound(outbound) => match outbound {
                 Some(Outbound::Notify(queued)) => self.send_notification(queued.frame).await,
@@ -261,6 +309,10 @@ where
             Close::Protocol(reason) => (CloseCode::Protocol, reason),
             Close::Unavailable => (CloseCode::Again, "service unavailable; retry later"),
         };
+        self.send_close(code, reason).await;
+    }
+
+    async fn send_close(&mut self, code: CloseCode, reason: &'static str) {
         let frame = CloseFrame {
             code,
             reason: reason.into(),
@@ -1047,5 +1099,83 @@ mod tests {
             .unwrap();
         assert_eq!(client.text().await, "PONG");
         client.leave().await;
+    }
+
+    /// A masked client frame with a payload under 126 bytes; `first` is its first byte
+    /// (FIN, reserved bits, opcode).
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [1, 2, 3, 4];
+        let mut frame = vec![first, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+        frame
+    }
+
+    /// Runs a connection over tungstenite itself on an in-memory pipe, writes `bytes` as
+    /// the client, and returns all the server wrote until it dropped the pipe.
+    async fn server_bytes_after(bytes: &[u8]) -> Vec<u8> {
+        let f = fixture();
+        let (mut client, server) = tokio::io::duplex(4096);
+        let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
+        let ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(server, role, Some(ws_config()))
+                .await;
+        let task = tokio::spawn(run(ws, f.shared.clone(), f.shutdown.clone()));
+        client.write_all(bytes).await.expect("the pipe is open");
+        let mut sent = Vec::new();
+        tokio::time::timeout(DEADLINE, client.read_to_end(&mut sent))
+            .await
+            .expect("the connection ends")
+            .expect("a read");
+        task.await.expect("no panic");
+        sent
+    }
+
+    /// The server's Close frame: FIN and opcode 8, a payload under 126 bytes.
+    fn close_frame(payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x88, payload.len() as u8];
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[tokio::test]
+    async fn a_client_close_is_echoed() {
+        let bye = [&1000u16.to_be_bytes()[..], b"bye"].concat();
+        let sent = server_bytes_after(&client_frame(0x88, &bye)).await;
+        assert_eq!(sent, close_frame(&bye));
+        let sent = server_bytes_after(&client_frame(0x88, &[])).await;
+        assert_eq!(sent, close_frame(&[]), "no code, no code in the answer");
+    }
+
+    #[tokio::test]
+    async fn unreadable_frames_are_answered_with_the_close_code_that_says_why() {
+        let unmasked = vec![0x81, 4, b'P', b'I', b'N', b'G'];
+        // The header of a frame of 64 KiB + 1: refused before its payload is read.
+        let too_large = [
+            &[0x82, 0x80 | 127][..],
+            &((MAX_CLIENT_MESSAGE + 1) as u64).to_be_bytes(),
+            &[1, 2, 3, 4],
+        ]
+        .concat();
+        let cases = [
+            (unmasked, CloseCode::Protocol),
+            (client_frame(0x81 | 0x40, b"PING"), CloseCode::Protocol),
+            // A ping without FIN: control frames are never fragmented.
+            (client_frame(0x09, b"p"), CloseCode::Protocol),
+            (client_frame(0x81, &[0xff]), CloseCode::Invalid),
+            (too_large, CloseCode::Size),
+        ];
+        for (bytes, code) in cases {
+            let sent = server_bytes_after(&bytes).await;
+            assert!(sent.len() >= 4 && sent[0] == 0x88, "{bytes:?}: {sent:?}");
+            let got = CloseCode::from(u16::from_be_bytes([sent[2], sent[3]]));
+            assert_eq!(got, code, "{bytes:?}");
+        }
+        assert_eq!(failure(&WsError::ConnectionClosed), None);
+        assert_eq!(
+            failure(&WsError::Protocol(FrameError::ResetWithoutClosingHandshake)),
+            None,
+            "a client that is gone gets no Close"
+        );
     }
 }
