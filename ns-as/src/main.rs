@@ -16,6 +16,8 @@ struct Cli {
     #[command(flatten)]
     settings: ns_as::Settings,
     #[command(flatten)]
+    http: ns_http::HttpLimits,
+    #[command(flatten)]
     secret: SecretConfig,
     #[command(flatten)]
     public: PublicUrlConfig,
@@ -47,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
         secret,
         public_base_url: cli.public.notify_base_url,
     };
-    ns_as::run(cli.settings, started.listener, deps, started.shutdown).await
+    let run = ns_as::run(cli.settings, started.listener, deps, started.shutdown);
+    ns_http::with_limits(cli.http, run).await
 }
 
 #[cfg(test)]

@@ -1,6 +1,13 @@
 //! The HTTP edge shared by every service: the one mapping of protocol codes to HTTP
-//! statuses, protocol error replies, `/health` and `/metrics`, and serving with graceful
-//! shutdown.
+//! statuses, protocol error replies, `/health` and `/metrics`, and serving within
+//! [`HttpLimits`] with graceful shutdown.
+
+mod server;
+
+pub use server::{
+    limits, refuse, serve, serve_connection, serve_with, with_limits, Admitted, ConnectionLimit,
+    HttpLimits,
+};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,8 +18,6 @@ use ns_broker::Broker;
 use ns_runtime::metrics::Registry;
 use ns_store::Store;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -136,37 +141,6 @@ pub fn ops_routes(
             .into_response()
         });
     health.or(metrics).unify()
-}
-
-/// Serves `filter` on `listener` until `shutdown` is cancelled, then lets requests in
-/// flight finish.
-pub async fn serve<F, R>(listener: TcpListener, filter: F, shutdown: CancellationToken)
-where
-    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
-    R: Reply,
-{
-    warp::serve(filter)
-        .incoming(listener)
-        .graceful(async move { shutdown.cancelled().await })
-        .run()
-        .await;
-}
-
-/// Serves one already-accepted connection with `filter` (for listeners that also take
-/// WebSocket upgrades themselves).
-pub async fn serve_connection<F, R>(stream: tokio::net::TcpStream, filter: F)
-where
-    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
-    R: Reply,
-{
-    let service = hyper_util::service::TowerToHyperService::new(warp::service(filter));
-    let io = hyper_util::rt::TokioIo::new(stream);
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(io, service)
-        .await
-    {
-        tracing::debug!(error = %e, "HTTP connection ended with an error");
-    }
 }
 
 #[cfg(test)]

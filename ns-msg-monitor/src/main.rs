@@ -16,6 +16,8 @@ struct Cli {
     #[command(flatten)]
     settings: ns_msg_monitor::Settings,
     #[command(flatten)]
+    http: ns_http::HttpLimits,
+    #[command(flatten)]
     backends: BackendConfig,
     #[command(flatten)]
     log: LogConfig,
@@ -33,7 +35,8 @@ async fn main() -> anyhow::Result<()> {
         registry: Registry::default(),
         clock: Clock::system(),
     };
-    ns_msg_monitor::run(cli.settings, started.listener, deps, started.shutdown).await
+    let run = ns_msg_monitor::run(cli.settings, started.listener, deps, started.shutdown);
+    ns_http::with_limits(cli.http, run).await
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub struct Settings {
     pub front_end: ns_ua_ws::Settings,
     #[command(flatten)]
     pub wakeup: ns_ua_udp::Settings,
+    /// Of every port.
+    #[command(flatten)]
+    pub http: ns_http::HttpLimits,
 }
 
 impl Settings {
@@ -56,6 +59,7 @@ impl Settings {
             monitor: ns_msg_monitor::Settings::default(),
             front_end: ns_ua_ws::Settings::default(),
             wakeup: ns_ua_udp::Settings::default(),
+            http: ns_http::HttpLimits::default(),
         }
     }
 
@@ -197,13 +201,15 @@ pub async fn run(
         shutdown.cancel();
         result
     };
-    tokio::try_join!(
-        async { stop_all(monitor.await) },
-        async { stop_all(notify.await) },
-        async { stop_all(ws.await) },
-        async { stop_all(udp.await) },
-    )
-    .map(|_| ())
+    let all = async {
+        tokio::try_join!(
+            async { stop_all(monitor.await) },
+            async { stop_all(notify.await) },
+            async { stop_all(ws.await) },
+            async { stop_all(udp.await) },
+        )
+    };
+    ns_http::with_limits(settings.http, all).await.map(|_| ())
 }
 
 /// The secret given, or the one kept in the data directory (made on first start).

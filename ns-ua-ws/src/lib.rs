@@ -200,6 +200,8 @@ pub async fn run(
     tasks.spawn(frontend::consume(shared.clone(), shutdown.clone()));
 
     let routes = http_routes(shared.clone());
+    let limits = ns_http::limits();
+    let gate = ns_http::ConnectionLimit::new(limits.http_max_connections);
     tracing::info!(addr = ?listener.local_addr().ok(), server_id = %shared.node, "ns-ua-ws listening");
     loop {
         let accepted = tokio::select! {
@@ -208,8 +210,18 @@ pub async fn run(
         };
         match accepted {
             Ok((stream, _)) => {
+                let accepted_at = tokio::time::Instant::now();
+                let Some(admitted) = gate.admit(&stream) else {
+                    tokio::spawn(ns_http::refuse(stream));
+                    continue;
+                };
                 let (shared, routes, shutdown) = (shared.clone(), routes.clone(), shutdown.clone());
-                tasks.spawn(async move { handle(stream, shared, routes, shutdown).await });
+                let http = Http {
+                    limits: limits.clone(),
+                    accepted_at,
+                    admitted,
+                };
+                tasks.spawn(async move { handle(stream, http, shared, routes, shutdown).await });
             }
             Err(e) => {
                 // Out of file descriptors, typically: back off instead of spinning.
@@ -229,25 +241,50 @@ const SLOW_UA_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest request head read before deciding between HTTP and WebSocket.
 const MAX_HEAD: usize = 8192;
 
+/// A connection's HTTP side: its limits, and its place under the connection limit.
+struct Http {
+    limits: ns_http::HttpLimits,
+    accepted_at: tokio::time::Instant,
+    admitted: ns_http::Admitted,
+}
+
 /// Serves one TCP connection: a WebSocket upgrade or plain HTTP.
-async fn handle<F>(stream: TcpStream, shared: Arc<Shared>, routes: F, shutdown: CancellationToken)
-where
+async fn handle<F>(
+    stream: TcpStream,
+    http: Http,
+    shared: Arc<Shared>,
+    routes: F,
+    shutdown: CancellationToken,
+) where
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
     let _ = stream.set_nodelay(true);
-    let upgrade = match tokio::time::timeout(Duration::from_secs(10), is_upgrade(&stream)).await {
+    // The head decides the branch, so the HTTP header timeout bounds both.
+    let head_deadline = http.accepted_at + http.limits.header_timeout();
+    let upgrade = match tokio::time::timeout_at(head_deadline, is_upgrade(&stream)).await {
         Ok(Ok(upgrade)) => upgrade,
         _ => return,
     };
     // Each branch on the heap: the task then holds only the one it runs, at its own size.
     if upgrade {
+        // The HTTP connection limit is for connections not (yet) WebSockets: a front-end
+        // holds far more UAs than it would let slow HTTP clients hold.
+        drop(http.admitted);
         Box::pin(conn::serve(stream, shared, shutdown)).await;
     } else {
-        // An idle keep-alive connection must not hold up shutdown.
-        tokio::select! {
-            _ = Box::pin(ns_http::serve_connection(stream, routes)) => {}
-            _ = shutdown.cancelled() => {}
-        }
+        let Http {
+            limits,
+            accepted_at,
+            admitted: _admitted,
+        } = http;
+        Box::pin(ns_http::serve_connection(
+            stream,
+            routes,
+            &limits,
+            accepted_at,
+            shutdown,
+        ))
+        .await;
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Options {
     /// Of every front-end; its `server_id` is the harness's.
     pub front_end: ns_ua_ws::Settings,
     pub wakeup: ns_ua_udp::Settings,
+    /// Of every HTTP port, in-process or not.
+    pub http: ns_http::HttpLimits,
     /// MongoDB URL override (distributed mode).
     pub mongo_url: Option<String>,
     /// The time the in-process services go by.
@@ -71,6 +73,7 @@ impl Default for Options {
             notify: ns_as::Settings::default(),
             front_end: ns_ua_ws::Settings::default(),
             wakeup: ns_ua_udp::Settings::default(),
+            http: ns_http::HttpLimits::default(),
             mongo_url: None,
             clock: Clock::system(),
             processes: Vec::new(),
@@ -85,6 +88,30 @@ impl Options {
             .find(|(r, _)| *r == role)
             .map(|(_, path)| path.clone())
     }
+}
+
+/// `limits` as the environment of a process.
+fn http_env(limits: &ns_http::HttpLimits) -> impl Iterator<Item = (String, String)> {
+    [
+        (
+            "NS_HTTP_HEADER_TIMEOUT_SECS",
+            limits.http_header_timeout_secs.to_string(),
+        ),
+        (
+            "NS_HTTP_BODY_TIMEOUT_SECS",
+            limits.http_body_timeout_secs.to_string(),
+        ),
+        (
+            "NS_HTTP_IDLE_TIMEOUT_SECS",
+            limits.http_idle_timeout_secs.to_string(),
+        ),
+        (
+            "NS_HTTP_MAX_CONNECTIONS",
+            limits.http_max_connections.to_string(),
+        ),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .into_iter()
 }
 
 pub fn mongo_url() -> String {
@@ -189,7 +216,10 @@ impl Cluster {
                 ("NS_NOTIFY_BASE_URL", notify_base_url.clone()),
             ];
             env.extend(extra.iter().cloned());
-            env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+            env.into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .chain(http_env(&options.http))
+                .collect()
         };
         // Waited for, as the binaries do: a server started by the test may still be coming up.
         let connect = || async {
@@ -242,7 +272,7 @@ impl Cluster {
                     deps,
                     cluster.shutdown.clone(),
                 );
-                cluster.in_process(run);
+                cluster.in_process(ns_http::with_limits(options.http.clone(), run));
             }
         }
 
@@ -274,7 +304,7 @@ impl Cluster {
                     deps,
                     cluster.shutdown.clone(),
                 );
-                cluster.in_process(run);
+                cluster.in_process(ns_http::with_limits(options.http.clone(), run));
             }
         }
 
@@ -308,7 +338,7 @@ impl Cluster {
                         deps,
                         cluster.shutdown.clone(),
                     );
-                    cluster.in_process(run);
+                    cluster.in_process(ns_http::with_limits(options.http.clone(), run));
                 }
             }
         }
@@ -343,7 +373,7 @@ impl Cluster {
                     deps,
                     cluster.shutdown.clone(),
                 );
-                cluster.in_process(run);
+                cluster.in_process(ns_http::with_limits(options.http.clone(), run));
             }
         }
         cluster
@@ -377,6 +407,7 @@ impl Cluster {
                         options.front_end.max_pending.to_string(),
                     ),
                 ];
+                let env = env.into_iter().chain(http_env(&options.http)).collect();
                 cluster.spawn(
                     Role::Standalone,
                     &binary,
@@ -391,6 +422,7 @@ impl Cluster {
                 settings.notify = options.notify;
                 settings.front_end = options.front_end;
                 settings.wakeup = options.wakeup;
+                settings.http = options.http.clone();
                 let listeners = ns_standalone::Listeners {
                     ws: tokio_listener(ws),
                     notify: tokio_listener(notify),
