@@ -16,6 +16,8 @@ struct Cli {
     #[command(flatten)]
     settings: ns_ua_udp::Settings,
     #[command(flatten)]
+    http: ns_http::HttpLimits,
+    #[command(flatten)]
     secret: SecretConfig,
     #[command(flatten)]
     public: PublicUrlConfig,
@@ -46,7 +48,8 @@ async fn main() -> anyhow::Result<()> {
         secret,
         notify_base_url: cli.public.notify_base_url,
     };
-    ns_ua_udp::run(cli.settings, started.listener, deps, started.shutdown).await
+    let run = ns_ua_udp::run(cli.settings, started.listener, deps, started.shutdown);
+    ns_http::with_limits(cli.http, run).await
 }
 
 #[cfg(test)]

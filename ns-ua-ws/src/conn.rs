@@ -4,12 +4,14 @@
 //! it with channels.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::delivery::{DeliveryStatus, DeliveryUpdate};
 use common::messages::{front_end_queue, FrontEndMessage, RouteEvent};
 use common::model::{ConnId, Interface, Live, MessageId, UaId, UaRoute};
+use common::network;
 use common::notification::{notify_url, Frame, Notification, NotificationFrame};
 use common::validate::{Code, ProtocolError};
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -79,6 +81,7 @@ fn select_subprotocol(
 
 /// Accepts the WebSocket handshake on `stream`, then runs the connection to its end.
 pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     // The handshake's room is given back once it is done.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         stream,
@@ -94,7 +97,7 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: Canc
             return;
         }
     };
-    run(&mut ws, shared, shutdown).await;
+    run(&mut ws, peer, shared, shutdown).await;
     // On the heap: only an ending connection needs the room to read what is left.
     Box::pin(linger(ws.into_inner())).await;
 }
@@ -119,6 +122,7 @@ async fn linger(mut stream: TcpStream) {
 /// holds it once, inside the [`Conn`].
 pub(crate) fn run<S>(
     socket: S,
+    peer: Option<IpAddr>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()>
@@ -133,6 +137,7 @@ where
         session: Session::default(),
         socket,
         tx,
+        peer,
     };
     conn.run(rx, shutdown)
 }
@@ -162,6 +167,8 @@ struct Conn<S> {
     socket: S,
     /// Sender of this connection's outbound queue, handed to the registry on register/ua.
     tx: mpsc::Sender<Outbound>,
+    /// The client's address: the one `interface` it may give without the operator's leave.
+    peer: Option<IpAddr>,
 }
 
 /// What the connection's loop waited for.
@@ -369,14 +376,17 @@ where
                 ua,
                 uatoken,
                 interface,
-            } => match self.register_ua(&ua, interface).await {
-                Ok(()) => {
-                    self.session.registered(uatoken, ua.clone());
-                    self.shared.metrics.registered.inc();
-                    self.send_text("OK").await?;
-                    self.send_pending(&ua, rx).await
-                }
+            } => match self.check_interface(interface.as_ref()) {
                 Err(e) => self.step(Step::Reject(e)).await,
+                Ok(()) => match self.register_ua(&ua, interface).await {
+                    Ok(()) => {
+                        self.session.registered(uatoken, ua.clone());
+                        self.shared.metrics.registered.inc();
+                        self.send_text("OK").await?;
+                        self.send_pending(&ua, rx).await
+                    }
+                    Err(e) => self.step(Step::Reject(e)).await,
+                },
             },
             Action::RegisterWa { ua, app } => {
                 let store = &self.shared.deps.store;
@@ -421,6 +431,22 @@ where
                     }
                 }
             }
+        }
+    }
+
+    /// A UA is woken only at its own address or inside a network the operator allows: any
+    /// other `interface` would make the server send datagrams to third parties.
+    fn check_interface(&self, interface: Option<&Interface>) -> Result<(), ProtocolError> {
+        let allowed = &self.shared.settings.udp_allow_networks;
+        match interface {
+            Some(i) if !network::interface_allowed(i.ip, self.peer, allowed) => {
+                Err(ProtocolError::new(
+                    Code::BadField,
+                    "interface.ip must be this connection's own address, or inside \
+                     the networks the server allows",
+                ))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -845,7 +871,13 @@ mod tests {
                 from_client,
                 to_client,
             };
-            let task = tokio::spawn(run(socket, self.shared.clone(), self.shutdown.clone()));
+            let loopback = Some(IpAddr::from([127, 0, 0, 1]));
+            let task = tokio::spawn(run(
+                socket,
+                loopback,
+                self.shared.clone(),
+                self.shutdown.clone(),
+            ));
             Client {
                 to_server,
                 from_server,
@@ -1120,7 +1152,7 @@ mod tests {
         let ws =
             tokio_tungstenite::WebSocketStream::from_raw_socket(server, role, Some(ws_config()))
                 .await;
-        let task = tokio::spawn(run(ws, f.shared.clone(), f.shutdown.clone()));
+        let task = tokio::spawn(run(ws, None, f.shared.clone(), f.shutdown.clone()));
         client.write_all(bytes).await.expect("the pipe is open");
         let mut sent = Vec::new();
         tokio::time::timeout(DEADLINE, client.read_to_end(&mut sent))

@@ -49,6 +49,10 @@ pub struct Settings {
     /// Seconds between WebSocket pings to each idle connection.
     #[arg(long, env = "NS_PING_INTERVAL_SECS", default_value_t = DEFAULT_PING_INTERVAL_SECS)]
     pub ping_interval_secs: u64,
+    /// Networks (CIDR, comma-separated) a UA may give as its wake-up `interface` besides its
+    /// own connection's address: the LAN behind a NAT, or every address behind a proxy.
+    #[arg(long, env = "NS_UDP_ALLOW_NETWORKS", value_delimiter = ',')]
+    pub udp_allow_networks: Vec<common::network::Network>,
 }
 
 impl Default for Settings {
@@ -58,6 +62,7 @@ impl Default for Settings {
             ws_prefetch: DEFAULT_PREFETCH,
             max_pending: DEFAULT_MAX_PENDING,
             ping_interval_secs: DEFAULT_PING_INTERVAL_SECS,
+            udp_allow_networks: Vec::new(),
         }
     }
 }

@@ -15,6 +15,7 @@ use sha2::Sha256;
 use tokio::net::UdpSocket;
 
 ns_tests::both_modes!(
+    foreign_interface_refused,
     token_endpoint,
     websocket_basics,
     malformed_command_data,
@@ -579,6 +580,39 @@ async fn same_watoken_fans_out(b: Backend) {
     let (_, v) = c.notify(&url, &body("g", "to one")).await;
     assert_eq!(a.next_notifications().await[0]["messageId"], v["messageId"]);
     b2.assert_silent(SHORT).await;
+}
+
+async fn foreign_interface_refused(b: Backend) {
+    let options = Options {
+        front_end: ns_ua_ws::Settings {
+            udp_allow_networks: vec!["192.0.2.0/24".parse().expect("a network")],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let c = Cluster::start_with(b, options).await;
+    let token = c.token().await;
+    // Not the UA's own address, nor an allowed network: a reflection attempt.
+    let mut ua = Ua::connect(&c.ws_url(0), &token).await;
+    let interface = json!({"ip": "8.8.8.8", "port": 53});
+    ua.command(
+        "register/ua",
+        json!({"uatoken": token, "interface": interface}),
+    )
+    .await;
+    assert_eq!(ua.next_error_code().await, 464);
+    assert_eq!(ua.next_event(DEADLINE).await, Some(UaEvent::Closed));
+    // Its own address (the test connects from 127.0.0.1), or an allowed network: accepted.
+    for ip in ["127.0.0.1", "192.0.2.77"] {
+        let mut ua = Ua::connect(&c.ws_url(0), &token).await;
+        let interface = json!({"ip": ip, "port": 5000});
+        ua.command(
+            "register/ua",
+            json!({"uatoken": token, "interface": interface}),
+        )
+        .await;
+        assert_eq!(ua.next_text().await, "OK", "{ip}");
+    }
 }
 
 async fn udp_wakeup_pull_and_ack(b: Backend) {
