@@ -41,7 +41,7 @@ const CONCURRENCY: usize = 64;
 const DEFAULT_WAKEUP_INTERVAL_SECS: u64 = 5;
 const DEFAULT_COALESCE_WINDOW_SECS: u64 = 30;
 const DEFAULT_MAX_PULL: usize = 100;
-const DEFAULT_DESTINATION_INTERVAL_MS: u64 = 1000;
+const DEFAULT_DESTINATION_RATE: u32 = 10;
 
 /// The settings of ns-ua-udp.
 #[derive(Args, Clone, Debug)]
@@ -56,9 +56,9 @@ pub struct Settings {
     /// Notifications returned by a pull without a `limit`, and the most with one.
     #[arg(long, env = "NS_MAX_PULL", default_value_t = DEFAULT_MAX_PULL)]
     pub max_pull: usize,
-    /// Least time between two datagrams to one address and port, whichever UAs they wake (ms).
-    #[arg(long, env = "NS_WAKEUP_DESTINATION_INTERVAL_MS", default_value_t = DEFAULT_DESTINATION_INTERVAL_MS)]
-    pub wakeup_destination_interval_ms: u64,
+    /// Most datagrams per second to one address and port, whichever UAs they wake.
+    #[arg(long, env = "NS_WAKEUP_DESTINATION_RATE", default_value_t = DEFAULT_DESTINATION_RATE)]
+    pub wakeup_destination_rate: u32,
 }
 
 impl Default for Settings {
@@ -67,7 +67,7 @@ impl Default for Settings {
             wakeup_interval_secs: DEFAULT_WAKEUP_INTERVAL_SECS,
             coalesce_window_secs: DEFAULT_COALESCE_WINDOW_SECS,
             max_pull: DEFAULT_MAX_PULL,
-            wakeup_destination_interval_ms: DEFAULT_DESTINATION_INTERVAL_MS,
+            wakeup_destination_rate: DEFAULT_DESTINATION_RATE,
         }
     }
 }
@@ -247,7 +247,7 @@ pub async fn run(
         datagrams: r.counter("ns_udp_wakeups_sent_total", "Wake-up datagrams sent."),
         limited: r.counter(
             "ns_udp_wakeups_limited_total",
-            "Wake-up datagrams not sent: their destination had one less than the interval ago.",
+            "Wake-up datagrams not sent: their destination was over its rate.",
         ),
         pulls: r.counter("ns_udp_pulls_total", "Pulls served."),
         acked: r.counter("ns_udp_acked_total", "Notifications acked by POST /ack."),
@@ -257,9 +257,7 @@ pub async fn run(
             Duration::from_secs(settings.wakeup_interval_secs),
             Duration::from_secs(settings.coalesce_window_secs),
         )),
-        destinations: Mutex::new(DestinationLimiter::new(Duration::from_millis(
-            settings.wakeup_destination_interval_ms,
-        ))),
+        destinations: Mutex::new(DestinationLimiter::new(settings.wakeup_destination_rate)),
         settings,
         deps,
         rescheduled: tokio::sync::Notify::new(),
