@@ -37,6 +37,9 @@ const SUBPROTOCOL: &str = "push-notification";
 const OUTBOUND_QUEUE: usize = 64;
 /// Notifications per frame when sending the pending ones.
 const PENDING_PER_FRAME: usize = 100;
+/// Pings a client may leave unanswered before the connection counts as dead: it is closed
+/// at the next ping time, between two and three ping intervals after the client went quiet.
+const UNANSWERED_PINGS: u8 = 2;
 /// Most stored messages a Web Push UA is sent before it settles them.
 const WEBPUSH_BACKLOG: usize = 1000;
 /// Bytes read from the socket at once. Commands are a few hundred bytes; a larger frame
@@ -138,6 +141,7 @@ where
         socket,
         tx,
         peer,
+        unanswered_pings: 0,
     };
     conn.run(rx, shutdown)
 }
@@ -169,6 +173,8 @@ struct Conn<S> {
     tx: mpsc::Sender<Outbound>,
     /// The client's address: the one `interface` it may give without the operator's leave.
     peer: Option<IpAddr>,
+    /// Pings sent since the client last sent anything.
+    unanswered_pings: u8,
 }
 
 /// What the connection's loop waited for.
@@ -272,6 +278,10 @@ where
         input: Input,
         rx: &mut mpsc::Receiver<Outbound>,
     ) -> Result<(), End> {
+        if let Input::Frame(Some(Ok(_))) = &input {
+            // Any frame shows the client is there, a pong or not.
+            self.unanswered_pings = 0;
+        }
         match input {
             Input::Frame(frame) => match frame {
                 Some(Ok(Message::Text(text))) => match self.session.dialect_for(&text) {
@@ -296,11 +306,17 @@ where
                 Some(Outbound::TakenOver) => Err(End::Close(self.session.taken_over())),
                 None => Err(End::Gone),
             },
-            Input::Ping => self
-                .socket
-                .send(Message::Ping(Default::default()))
-                .await
-                .map_err(|_| End::Gone),
+            // A client that let the last pings go unanswered is gone, whatever TCP says.
+            Input::Ping if self.unanswered_pings >= UNANSWERED_PINGS => {
+                Err(End::Close(Close::Unresponsive))
+            }
+            Input::Ping => {
+                self.unanswered_pings += 1;
+                self.socket
+                    .send(Message::Ping(Default::default()))
+                    .await
+                    .map_err(|_| End::Gone)
+            }
             Input::Shutdown => Err(End::Close(Close::GoingAway)),
         }
     }
@@ -315,6 +331,7 @@ where
             Close::GoingAway => (CloseCode::Away, "server shutting down"),
             Close::Protocol(reason) => (CloseCode::Protocol, reason),
             Close::Unavailable => (CloseCode::Again, "service unavailable; retry later"),
+            Close::Unresponsive => (CloseCode::Away, "no answer to pings"),
         };
         self.send_close(code, reason).await;
     }
@@ -1021,6 +1038,25 @@ mod tests {
         for _ in 0..2 {
             assert!(matches!(client.next().await, Message::Ping(_)));
         }
+        client.leave().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_stops_answering_pings_is_closed() {
+        let f = fixture_with(Settings {
+            ping_interval_secs: 1,
+            ..Settings::default()
+        });
+        let mut client = f.connect();
+        assert!(matches!(client.next().await, Message::Ping(_)));
+        // Any answer keeps it open.
+        client
+            .to_server
+            .unbounded_send(Message::Pong(Default::default()))
+            .expect("the connection is open");
+        assert!(matches!(client.next().await, Message::Ping(_)));
+        assert!(matches!(client.next().await, Message::Ping(_)));
+        assert_eq!(client.close_code().await, CloseCode::Away);
         client.leave().await;
     }
 

@@ -56,6 +56,8 @@ pub(crate) enum Close {
     Protocol(&'static str),
     /// A Web Push `hello` could not be stored; the client should come back later.
     Unavailable,
+    /// The client stopped answering pings.
+    Unresponsive,
 }
 
 /// The protocol a connection speaks, fixed by its first text frame.
