@@ -12,7 +12,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
 use clap::Args;
 use common::crypto::{PublicKey, Secret};
 use common::messages::{NewMessage, NEW_MESSAGES};
@@ -82,8 +81,10 @@ impl Settings {
     }
 
     /// The largest body read: the message can grow six-fold through JSON escapes.
-    fn max_body(&self) -> u64 {
-        (self.max_message_bytes as u64) * 6 + 4096
+    fn max_body(&self) -> usize {
+        self.max_message_bytes
+            .saturating_mul(6)
+            .saturating_add(4096)
     }
 }
 
@@ -192,13 +193,22 @@ pub fn routes(
         warp::any().map(move || state.clone())
     };
 
+    // Chunked bodies too: the body is read up to the limit, whether or not it has a
+    // Content-Length (warp's `content_length_limit` refuses one without).
     let notify = warp::path!("notify" / String)
         .and(warp::post())
-        .and(warp::body::content_length_limit(max_body))
-        .and(warp::body::bytes())
+        .and(warp::body::stream())
         .and(with_state.clone())
         .then(
-            |app_token: String, body: Bytes, state: Arc<State>| async move {
+            move |app_token: String, body, state: Arc<State>| async move {
+                let read = ns_http::read_body(&mut Box::pin(body), max_body).await;
+                let body = match read {
+                    Ok(body) => body,
+                    Err(e) => {
+                        state.metrics.rejected.inc();
+                        return ns_http::error_reply(&body_error(e));
+                    }
+                };
                 match notify(&state, AppToken::new(app_token), &body).await {
                     Ok(message_id) => {
                         state.metrics.accepted.inc();
@@ -297,6 +307,15 @@ fn error_response(error: &ProtocolError, state: &State) -> Response {
         }
     }
     response
+}
+
+fn body_error(error: ns_http::BodyError) -> ProtocolError {
+    match error {
+        ns_http::BodyError::TooBig => ProtocolError::new(Code::TooBig, "body too big"),
+        ns_http::BodyError::Unreadable => {
+            ProtocolError::new(Code::Generic, "the body could not be read")
+        }
+    }
 }
 
 fn unavailable() -> ProtocolError {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::delivery::StatusReport;
 use common::model::MessageId;
 use common::notification::{Notification, Payload, PushMessage};
@@ -17,7 +17,7 @@ use common::webpush::{
     self, EndpointVersion, PushError, PushErrorKind, PushHeaders, RawHeaders, Subscription,
     MAX_BODY,
 };
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Buf, Reply};
@@ -30,13 +30,19 @@ pub(crate) async fn push<S, B>(
     version: String,
     token: String,
     headers: HeaderMap,
-    body: S,
+    mut body: S,
 ) -> Response
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    match accept(&state, &version, &token, &headers, body).await {
+    let accepted = accept(&state, &version, &token, &headers, &mut body).await;
+    if accepted.is_err() {
+        // Refused before its body was read (or part way): read the rest, so that a sender
+        // writing it all before reading gets the answer rather than a reset.
+        ns_http::drain(&mut body, ns_http::DRAIN_LIMIT).await;
+    }
+    match accepted {
         Ok((message_id, ttl)) => {
             state.metrics.accepted.inc();
             let location = format!(
@@ -70,7 +76,7 @@ async fn accept<S, B>(
     version: &str,
     token: &str,
     headers: &HeaderMap,
-    body: S,
+    body: &mut S,
 ) -> Result<(MessageId, u32), PushError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
@@ -228,27 +234,19 @@ impl VapidCache {
 }
 
 /// Reads the body, refusing it as soon as it passes [`MAX_BODY`].
-async fn read_body<S, B>(mut body: S) -> Result<Bytes, PushError>
+async fn read_body<S, B>(body: &mut S) -> Result<Bytes, PushError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let mut read = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|_| {
-            PushError::new(PushErrorKind::MissingHeader, "the body could not be read")
-        })?;
-        if read.len() + chunk.remaining() > MAX_BODY {
-            return Err(too_big());
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            read.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
-    }
-    Ok(read.freeze())
+    ns_http::read_body(body, MAX_BODY)
+        .await
+        .map_err(|e| match e {
+            ns_http::BodyError::TooBig => too_big(),
+            ns_http::BodyError::Unreadable => {
+                PushError::new(PushErrorKind::MissingHeader, "the body could not be read")
+            }
+        })
 }
 
 /// `GET /wpush/{version}/{token}`: what a UnifiedPush distributor asks of an endpoint.

@@ -9,6 +9,8 @@ use ns_tests::{eventually, Backend, Cluster, Options, Role, Ua};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
+/// How long `/health` may take to answer while a dependency is down.
+const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
 fn options(mongo_url: Option<String>) -> Options {
     Options {
@@ -108,6 +110,21 @@ async fn database_outage_gives_503_and_recovers() {
         (r.status() == 503).then_some(())
     })
     .await;
+    // A prober is answered promptly, not after waiting for the database: the bound is
+    // the behaviour under test (ns-http answers within 500 ms; 1 s leaves room).
+    for _ in 0..8 {
+        let started = std::time::Instant::now();
+        let r = reqwest::get(format!("{}/health", c.as_url))
+            .await
+            .expect("GET /health");
+        let took = started.elapsed();
+        assert_eq!(r.status(), 503);
+        assert!(
+            took < HEALTH_BOUND,
+            "/health took {took:?} during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
 
     let _mongo = PrivateMongo::start(port, dir);
     c.wait_healthy().await;

@@ -1,9 +1,13 @@
 //! The HTTP edge shared by every service: the one mapping of protocol codes to HTTP
-//! statuses, protocol error replies, `/health` and `/metrics`, and serving within
-//! [`HttpLimits`] with graceful shutdown.
+//! statuses, protocol error replies, `/health` and `/metrics`, reading bodies up to a limit,
+//! and serving within [`HttpLimits`] with graceful shutdown.
 
+mod body;
+mod health;
 mod server;
 
+pub use body::{drain, read_body, BodyError, DRAIN_LIMIT};
+pub use health::Health;
 pub use server::{
     limits, refuse, serve, serve_connection, serve_with, with_limits, Admitted, ConnectionLimit,
     HttpLimits,
@@ -11,12 +15,10 @@ pub use server::{
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::validate::{Code, ProtocolError};
-use ns_broker::Broker;
+use health::HealthView;
 use ns_runtime::metrics::Registry;
-use ns_store::Store;
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -84,43 +86,19 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     Ok(error_reply(&error))
 }
 
-/// What `/health` checks: the dependencies a component has.
-#[derive(Clone, Default)]
-pub struct Health {
-    pub store: Option<Arc<dyn Store>>,
-    pub broker: Option<Arc<dyn Broker>>,
-}
-
-impl Health {
-    /// True when every dependency answers within a second.
-    pub async fn check(&self) -> bool {
-        if let Some(broker) = &self.broker {
-            if !broker.is_healthy() {
-                return false;
-            }
-        }
-        if let Some(store) = &self.store {
-            match tokio::time::timeout(Duration::from_secs(1), store.ping()).await {
-                Ok(Ok(())) => {}
-                _ => return false,
-            }
-        }
-        true
-    }
-}
-
 /// `GET /health` and `GET /metrics`.
 pub fn ops_routes(
     health: Health,
     registry: Registry,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let view = Arc::new(HealthView::new(health));
     let health = warp::path("health")
         .and(warp::path::end())
         .and(warp::get())
         .and_then(move || {
-            let health = health.clone();
+            let view = view.clone();
             async move {
-                let response = if health.check().await {
+                let response = if view.healthy().await {
                     warp::reply::with_status("OK", StatusCode::OK).into_response()
                 } else {
                     warp::reply::with_status("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE)

@@ -9,6 +9,7 @@ pub mod client;
 pub mod cluster;
 pub mod ece;
 pub mod process;
+pub mod raw;
 pub mod webpush;
 
 pub use client::{Ua, UaEvent};

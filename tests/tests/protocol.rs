@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use ns_runtime::ManualClock;
-use ns_tests::{eventually, Backend, Cluster, Options, Ua, UaEvent};
+use ns_tests::{eventually, raw, Backend, Cluster, Options, Ua, UaEvent};
 use rsa::pkcs1v15::SigningKey;
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use rsa::signature::{SignatureEncoding, Signer};
@@ -23,6 +23,7 @@ ns_tests::both_modes!(
     wa_registration_errors,
     notify_deliver_ack_and_status,
     notify_validation_errors,
+    chunked_notify,
     signed_notifications,
     rate_limit,
     pending_sent_after_register_and_until_acked,
@@ -358,6 +359,11 @@ async fn notify_validation_errors(b: Backend) {
     let huge = json!({"id": "a", "message": "m".repeat(100_000)}).to_string();
     let (status, v) = c.notify(&url, &huge).await;
     assert_eq!((status, v["code"].as_u64()), (413, Some(413)));
+    // A client that writes a large body whole before reading gets the 413, not a reset.
+    let answer = raw::post_whole(&url, &[], &[b' '; 200_000]).await;
+    assert_eq!(answer.status, 413, "{answer:?}");
+    let v: Value = serde_json::from_str(&answer.body).unwrap_or_default();
+    assert_eq!(v["code"], 413, "{answer:?}");
     // Wrong method.
     let r = reqwest::Client::new()
         .put(&url)
@@ -372,6 +378,27 @@ async fn notify_validation_errors(b: Backend) {
     let ok = json!({"id": "x".repeat(32), "message": "m".repeat(4096), "ttl": 2_592_000,
                     "priority": 1, "timestamp": format!("{}", ns_runtime::Clock::system().now())});
     assert_eq!(c.notify(&url, &ok.to_string()).await.0, 200);
+}
+
+/// A body without a Content-Length (chunked) is read up to the limit, and refused past it.
+async fn chunked_notify(b: Backend) {
+    let c = Cluster::start(b).await;
+    let (mut ua, url) = ua_with_wa(&c, 0, "wa-chunked").await;
+    let json = [("Content-Type", "application/json")];
+    let within = body("c", &"m".repeat(4096));
+    let answer = raw::post_chunked(&url, &json, within.as_bytes(), 1000).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let v: Value = serde_json::from_str(&answer.body).expect("JSON");
+    let got = ua.notifications(1).await;
+    assert_eq!(got[0]["messageId"], v["messageId"]);
+    assert_eq!(got[0]["message"], "m".repeat(4096));
+
+    // Past the body limit (6 × 4096 + 4096 bytes by default), whatever the message.
+    let over = vec![b' '; 40_000];
+    let answer = raw::post_chunked(&url, &json, &over, 1000).await;
+    assert_eq!(answer.status, 413, "{answer:?}");
+    let v: Value = serde_json::from_str(&answer.body).unwrap_or_default();
+    assert_eq!(v["code"], 413, "{answer:?}");
 }
 
 async fn signed_notifications(b: Backend) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use ns_tests::webpush::{application_server_key, location, vapid_key, Push, PushUa};
-use ns_tests::{eventually, Backend, Cluster, Options, Ua};
+use ns_tests::{eventually, raw, Backend, Cluster, Options, Ua};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -390,6 +390,10 @@ async fn endpoint_errors(b: Backend) {
     // Without a Content-Length, the body is refused as soon as it passes the limit.
     assert_eq!(chunked_status(&sub.endpoint, 10).await, 413);
     assert_eq!(chunked_status(&sub.endpoint, 2).await, 201);
+    // A sender that writes a large body whole before reading gets its 413, not a reset.
+    let headers = [("TTL", "60"), ("Content-Encoding", "aes128gcm")];
+    let answer = raw::post_whole(&sub.endpoint, &headers, &vec![0u8; 200_000]).await;
+    assert_eq!(answer.status, 413, "{answer:?}");
 
     let unknown = sub.endpoint.replace("/wpush/v1/", "/wpush/v1/A") + "A";
     let answer = Push::new(&unknown, b"x".to_vec())
@@ -505,32 +509,10 @@ async fn vapid_on_v2_and_v1(b: Backend) {
 /// POSTs `chunks` chunks of 1,000 bytes with `Transfer-Encoding: chunked` (no
 /// Content-Length); returns the status.
 async fn chunked_status(endpoint: &str, chunks: usize) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = endpoint.strip_prefix("http://").expect("an http endpoint");
-    let (host, path) = rest.split_once('/').expect("a path");
-    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let head = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\n\
-         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.expect("write");
-    for _ in 0..chunks {
-        // The server may answer and close before all is written.
-        if stream.write_all(b"3e8\r\n").await.is_err()
-            || stream.write_all(&[0u8; 1000]).await.is_err()
-            || stream.write_all(b"\r\n").await.is_err()
-        {
-            break;
-        }
-    }
-    let _ = stream.write_all(b"0\r\n\r\n").await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP answer: {text}"))
+    let headers = [("TTL", "60"), ("Content-Encoding", "aes128gcm")];
+    raw::post_chunked(endpoint, &headers, &vec![0u8; chunks * 1000], 1000)
+        .await
+        .status
 }
 
 fn now() -> i64 {
