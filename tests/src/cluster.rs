@@ -501,6 +501,31 @@ impl Cluster {
         self.ws[i].replacen("http://", "ws://", 1) + "/"
     }
 
+    /// Waits until no front-end holds a WebSocket any more: every connection that was
+    /// closed has been released, its UA recorded as offline.
+    pub async fn wait_no_connections(&self) {
+        let client = reqwest::Client::new();
+        for url in &self.ws {
+            crate::eventually("every connection released", Duration::from_secs(30), || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let text = client
+                        .get(format!("{url}/metrics"))
+                        .send()
+                        .await
+                        .ok()?
+                        .text()
+                        .await
+                        .ok()?;
+                    text.lines()
+                        .any(|l| l == "ns_ws_connections 0")
+                        .then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
     /// A new uatoken from instance 0.
     pub async fn token(&self) -> String {
         reqwest::get(format!("{}/token", self.ws[0]))

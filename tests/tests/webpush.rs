@@ -46,6 +46,13 @@ async fn wait_status(location_url: &str, wanted: &str) -> Value {
     .await
 }
 
+/// Closes the UA's connection and waits until the server has recorded it offline, so that
+/// what is sent next is routed to an offline UA, never to the connection being closed.
+async fn offline(c: &Cluster, ua: PushUa) {
+    ua.close().await;
+    c.wait_no_connections().await;
+}
+
 /// Sends a message to a UA that is offline, and waits until it is pending for it: routed,
 /// so that it comes with the stored ones after the next `hello` rather than live.
 async fn stored_for_later(push: Push) {
@@ -128,7 +135,7 @@ async fn pending_after_hello_until_settled(b: Backend) {
     let mut ua = PushUa::hello(&c.ws_url(0), None).await;
     let uaid = ua.uaid.clone();
     let sub = ua.subscribe(None).await;
-    ua.close().await;
+    offline(&c, ua).await;
     for text in ["one", "two", "three"] {
         stored_for_later(sub.message(text, 600)).await;
     }
@@ -169,7 +176,7 @@ async fn topic_replaces_and_ttl_expires(b: Backend) {
     let mut ua = PushUa::hello(&c.ws_url(0), None).await;
     let uaid = ua.uaid.clone();
     let sub = ua.subscribe(None).await;
-    ua.close().await;
+    offline(&c, ua).await;
     let old = sub
         .message("old", 600)
         .header("Topic", "weather")
@@ -306,7 +313,7 @@ async fn forged_uaid_gets_a_new_one(b: Backend) {
     let mut first = PushUa::hello(&c.ws_url(0), None).await;
     let sub = first.subscribe(None).await;
     let genuine = first.uaid.clone();
-    first.close().await;
+    offline(&c, first).await;
     assert_eq!(
         sub.message("for the genuine one", 600).send().await.status,
         201
@@ -545,7 +552,7 @@ async fn ttl_zero_is_live_only(b: Backend) {
     let live = sub.message("now or never", 0).send().await;
     assert_eq!((live.status, live.ttl.as_deref()), (201, Some("0")));
     assert_eq!(sub.decrypt(&ua.notification().await), "now or never");
-    ua.close().await;
+    offline(&c, ua).await;
     let missed = sub.message("missed", 0).send().await;
     assert_eq!((missed.status, missed.ttl.as_deref()), (201, Some("0")));
     let (code, report) = location(Method::GET, &missed.location.expect("a Location")).await;
@@ -563,7 +570,7 @@ async fn withdraw_and_locations(b: Backend) {
     let mut ua = PushUa::hello(&c.ws_url(0), None).await;
     let uaid = ua.uaid.clone();
     let sub = ua.subscribe(None).await;
-    ua.close().await;
+    offline(&c, ua).await;
     let answer = sub.message("take it back", 600).send().await;
     let location_url = answer.location.expect("a Location");
     let (code, _) = location(Method::DELETE, &location_url).await;
@@ -616,7 +623,7 @@ async fn backlog_follows_as_acked(b: Backend) {
     let mut ua = PushUa::hello(&c.ws_url(0), None).await;
     let uaid = ua.uaid.clone();
     let sub = ua.subscribe(None).await;
-    ua.close().await;
+    offline(&c, ua).await;
     for i in 0..8 {
         stored_for_later(sub.message(&format!("m{i}"), 600)).await;
     }
