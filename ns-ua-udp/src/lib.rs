@@ -3,6 +3,8 @@
 
 mod coalesce;
 mod destinations;
+#[doc(hidden)]
+pub mod fuzz;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -121,21 +123,43 @@ fn unavailable() -> ProtocolError {
     ProtocolError::new(Code::Unavailable, "a dependency is unavailable; retry")
 }
 
-impl State {
-    fn ua(&self, token: Option<&str>) -> Result<UaId, ProtocolError> {
-        token
-            .and_then(|t| common::crypto::verify_uatoken(&self.deps.secret, t))
-            .ok_or_else(bad_token)
-    }
+fn ua(secret: &Secret, token: Option<&str>) -> Result<UaId, ProtocolError> {
+    token
+        .and_then(|t| common::crypto::verify_uatoken(secret, t))
+        .ok_or_else(bad_token)
+}
 
+/// Reads a pull's body: the UA, and how many notifications to return (`limit`, within
+/// 1..=`max_pull`). Pure, so the fuzzer reaches it through [`fuzz`].
+fn read_pull(
+    body: &[u8],
+    secret: &Secret,
+    max_pull: usize,
+) -> Result<(UaId, usize), ProtocolError> {
+    let request: PullRequest = serde_json::from_slice(body)
+        .map_err(|_| ProtocolError::new(Code::BadJson, "body is not valid JSON"))?;
+    let ua = ua(secret, request.uatoken.as_deref())?;
+    let limit = request.limit.unwrap_or(max_pull).clamp(1, max_pull.max(1));
+    Ok((ua, limit))
+}
+
+/// Reads an ack's body: the UA and the ids it acks. Pure, like [`read_pull`].
+fn read_ack(body: &[u8], secret: &Secret) -> Result<(UaId, Vec<MessageId>), ProtocolError> {
+    let request: AckRequest = serde_json::from_slice(body)
+        .map_err(|_| ProtocolError::new(Code::BadJson, "body is not valid JSON"))?;
+    let ua = ua(secret, request.uatoken.as_deref())?;
+    let ids = request.message_ids.ok_or_else(|| {
+        ProtocolError::new(Code::Generic, "messageIds (array of strings) is required")
+    })?;
+    if ids.len() > MAX_ACK_IDS {
+        return Err(ProtocolError::new(Code::TooBig, "too many message ids"));
+    }
+    Ok((ua, ids))
+}
+
+impl State {
     async fn pull(&self, body: &[u8]) -> Result<Response, ProtocolError> {
-        let request: PullRequest = serde_json::from_slice(body)
-            .map_err(|_| ProtocolError::new(Code::BadJson, "body is not valid JSON"))?;
-        let ua = self.ua(request.uatoken.as_deref())?;
-        let limit = request
-            .limit
-            .unwrap_or(self.settings.max_pull)
-            .clamp(1, self.settings.max_pull);
+        let (ua, limit) = read_pull(body, &self.deps.secret, self.settings.max_pull)?;
         let now = self.deps.clock.now();
         let messages = self
             .deps
@@ -167,15 +191,7 @@ impl State {
     }
 
     async fn ack(&self, body: &[u8]) -> Result<Response, ProtocolError> {
-        let request: AckRequest = serde_json::from_slice(body)
-            .map_err(|_| ProtocolError::new(Code::BadJson, "body is not valid JSON"))?;
-        let ua = self.ua(request.uatoken.as_deref())?;
-        let ids = request.message_ids.ok_or_else(|| {
-            ProtocolError::new(Code::Generic, "messageIds (array of strings) is required")
-        })?;
-        if ids.len() > MAX_ACK_IDS {
-            return Err(ProtocolError::new(Code::TooBig, "too many message ids"));
-        }
+        let (ua, ids) = read_ack(body, &self.deps.secret)?;
         let updates = DeliveryUpdate::for_ua(&ua, ids, DeliveryStatus::Acked);
         // Acks are answered with a count, which only a direct write gives.
         let acked = self
@@ -341,5 +357,51 @@ async fn send_scheduled(state: Arc<State>, socket: Arc<UdpSocket>, shutdown: Can
         for (_, interface) in due {
             send_datagram(&state, &socket, &interface).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> Secret {
+        Secret::new("test-secret")
+    }
+
+    #[test]
+    fn pull_and_ack_bodies_are_read() {
+        let token = common::crypto::new_uatoken(&secret());
+        let pull = |body: String, max| read_pull(body.as_bytes(), &secret(), max);
+        let (_, limit) = pull(format!(r#"{{"uatoken":"{token}","limit":500}}"#), 100).unwrap();
+        assert_eq!(limit, 100);
+        let (_, limit) = pull(format!(r#"{{"uatoken":"{token}","limit":0}}"#), 100).unwrap();
+        assert_eq!(limit, 1);
+        assert_eq!(
+            pull(r#"{"uatoken":"forged"}"#.into(), 100)
+                .unwrap_err()
+                .code,
+            Code::BadUaToken
+        );
+        assert_eq!(pull("[".into(), 100).unwrap_err().code, Code::BadJson);
+        let ack = |body: String| read_ack(body.as_bytes(), &secret()).map_err(|e| e.code);
+        assert_eq!(
+            ack(format!(r#"{{"uatoken":"{token}","messageIds":["a"]}}"#))
+                .unwrap()
+                .1,
+            vec![MessageId::new("a")]
+        );
+        assert_eq!(
+            ack(format!(r#"{{"uatoken":"{token}"}}"#)).unwrap_err(),
+            Code::Generic
+        );
+    }
+
+    #[test]
+    fn a_max_pull_of_zero_does_not_panic_a_pull() {
+        // `usize::clamp(1, 0)` panics; a `--max-pull 0` must not turn every pull into one.
+        let token = common::crypto::new_uatoken(&secret());
+        let body = format!(r#"{{"uatoken":"{token}","limit":5}}"#);
+        let (_, limit) = read_pull(body.as_bytes(), &secret(), 0).unwrap();
+        assert_eq!(limit, 1);
     }
 }

@@ -7,6 +7,8 @@
 mod conn;
 mod frames;
 mod frontend;
+#[doc(hidden)]
+pub mod fuzz;
 mod registry;
 mod session;
 mod webpush;
