@@ -206,7 +206,7 @@ pub fn routes(
                     Ok(body) => body,
                     Err(e) => {
                         state.metrics.rejected.inc();
-                        return ns_http::error_reply(&body_error(e));
+                        return ns_http::error_reply(&e.protocol_error());
                     }
                 };
                 match notify(&state, AppToken::new(app_token), &body).await {
@@ -307,15 +307,6 @@ fn error_response(error: &ProtocolError, state: &State) -> Response {
         }
     }
     response
-}
-
-fn body_error(error: ns_http::BodyError) -> ProtocolError {
-    match error {
-        ns_http::BodyError::TooBig => ProtocolError::new(Code::TooBig, "body too big"),
-        ns_http::BodyError::Unreadable => {
-            ProtocolError::new(Code::Generic, "the body could not be read")
-        }
-    }
 }
 
 fn unavailable() -> ProtocolError {

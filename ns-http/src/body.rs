@@ -7,6 +7,7 @@
 //! rest of the body is read and discarded, up to [`DRAIN_LIMIT`], before the refusal.
 
 use bytes::{Buf, Bytes, BytesMut};
+use common::validate::{Code, ProtocolError};
 use futures::{Stream, StreamExt};
 
 /// Most bytes of a refused body read (and discarded) before answering; a larger body gets
@@ -20,6 +21,18 @@ pub enum BodyError {
     TooBig,
     /// The connection failed, or the chunked encoding is broken.
     Unreadable,
+}
+
+impl BodyError {
+    /// The protocol error a client is answered for it.
+    pub fn protocol_error(self) -> ProtocolError {
+        match self {
+            BodyError::TooBig => ProtocolError::new(Code::TooBig, "body too big"),
+            BodyError::Unreadable => {
+                ProtocolError::new(Code::Generic, "the body could not be read")
+            }
+        }
+    }
 }
 
 /// The whole body if it is at most `limit` bytes.

@@ -10,7 +10,6 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::Args;
 use common::crypto::Secret;
 use common::delivery::{DeliveryStatus, DeliveryUpdate};
@@ -33,7 +32,7 @@ use coalesce::{Coalescer, Decision};
 use destinations::DestinationLimiter;
 
 /// Largest pull or ack body.
-const MAX_BODY: u64 = 64 * 1024;
+const MAX_BODY: usize = 64 * 1024;
 /// Most ids in one `POST /ack`.
 const MAX_ACK_IDS: usize = 1000;
 /// Unacked wake-ups taken from the broker at once, and handled at the same time.
@@ -213,29 +212,30 @@ fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = Infal
         let state = state.clone();
         warp::any().map(move || state.clone())
     };
+    // Bodies are read up to the limit with or without a Content-Length (chunked ones too).
     let pull = warp::path("pull")
         .and(warp::path::end())
         .and(warp::post())
-        .and(warp::body::content_length_limit(MAX_BODY))
-        .and(warp::body::bytes())
+        .and(warp::body::stream())
         .and(with_state.clone())
-        .then(|body: Bytes, state: Arc<State>| async move {
-            state
-                .pull(&body)
-                .await
-                .unwrap_or_else(|e| ns_http::error_reply(&e))
+        .then(|body, state: Arc<State>| async move {
+            let answer = match ns_http::read_body(&mut Box::pin(body), MAX_BODY).await {
+                Ok(body) => state.pull(&body).await,
+                Err(e) => Err(e.protocol_error()),
+            };
+            answer.unwrap_or_else(|e| ns_http::error_reply(&e))
         });
     let ack = warp::path("ack")
         .and(warp::path::end())
         .and(warp::post())
-        .and(warp::body::content_length_limit(MAX_BODY))
-        .and(warp::body::bytes())
+        .and(warp::body::stream())
         .and(with_state)
-        .then(|body: Bytes, state: Arc<State>| async move {
-            state
-                .ack(&body)
-                .await
-                .unwrap_or_else(|e| ns_http::error_reply(&e))
+        .then(|body, state: Arc<State>| async move {
+            let answer = match ns_http::read_body(&mut Box::pin(body), MAX_BODY).await {
+                Ok(body) => state.ack(&body).await,
+                Err(e) => Err(e.protocol_error()),
+            };
+            answer.unwrap_or_else(|e| ns_http::error_reply(&e))
         });
     let health = ns_http::Health {
         store: Some(state.deps.store.clone()),

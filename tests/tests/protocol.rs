@@ -707,6 +707,12 @@ async fn udp_wakeup_pull_and_ack(b: Backend) {
         "oldest first, own notifications only"
     );
     assert_eq!(messages[0]["messageType"], "notification");
+    // Bodies may be chunked, and one past the limit gets a 413 the client can read.
+    let body = json!({"uatoken": token, "limit": 1}).to_string();
+    let chunked = ns_tests::raw::post_chunked(&pull, &[], body.as_bytes(), 5).await;
+    assert_eq!(chunked.status, 200, "{chunked:?}");
+    let big = ns_tests::raw::post_whole(&ack, &[], &vec![b' '; 200_000]).await;
+    assert_eq!(big.status, 413, "{big:?}");
     // A limit is honoured; pulled notifications stay pending until acked.
     let (_, v) = post_json(&pull, &json!({"uatoken": token, "limit": 1})).await;
     assert_eq!(v["messages"].as_array().unwrap().len(), 1);
