@@ -44,6 +44,7 @@ pub enum Code {
     NoUaToken = 462,
     Binary = 463,
     BadField = 464,
+    QuotaExceeded = 465,
     Unavailable = 503,
 }
 

@@ -266,6 +266,15 @@ impl Store for MongoStore {
         Ok(result.deleted_count > 0)
     }
 
+    async fn ua_registrations(&self, ua: &UaId) -> StoreResult<u64> {
+        // Served by the index on `ua`.
+        self.c
+            .registrations
+            .count_documents(doc! { "ua": ua.as_str() })
+            .await
+            .map_err(db_err)
+    }
+
     async fn app_uas(&self, app_token: &AppToken) -> StoreResult<Vec<UaId>> {
         let refs: Vec<UaRef> = self
             .c

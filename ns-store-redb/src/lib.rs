@@ -214,6 +214,10 @@ impl Store for EmbeddedStore {
             .into_bool()
     }
 
+    async fn ua_registrations(&self, ua: &UaId) -> StoreResult<u64> {
+        Ok(self.mem().ua_registrations(ua))
+    }
+
     async fn app_uas(&self, app_token: &AppToken) -> StoreResult<Vec<UaId>> {
         Ok(self
             .mem()

@@ -19,6 +19,8 @@ pub(crate) struct Mem {
     /// appToken → the WA's public key, if it registered one.
     pub(crate) apps: HashMap<AppToken, Option<String>>,
     pub(crate) registrations: HashMap<AppToken, BTreeSet<UaId>>,
+    /// How many apps each UA is registered for.
+    registered_per_ua: HashMap<UaId, u64>,
     /// By message id: UUIDv7, so in creation order, and a purge can walk it in chunks.
     pub(crate) notifications: BTreeMap<MessageId, NotificationRecord>,
     /// (appToken, AS id) → its notifications, oldest first.
@@ -35,6 +37,10 @@ fn order(n: &Notification) -> Order {
 }
 
 impl Mem {
+    pub(crate) fn ua_registrations(&self, ua: &UaId) -> u64 {
+        self.registered_per_ua.get(ua).copied().unwrap_or(0)
+    }
+
     pub(crate) fn route(&self, ua: &UaId) -> Option<UaRoute> {
         self.uas.get(ua).map(|r| r.to_route(ua))
     }
@@ -109,9 +115,18 @@ impl Mem {
         for ((app, ua), present) in registrations {
             let set = self.registrations.entry(app.clone()).or_default();
             if present {
-                set.insert(ua);
+                if set.insert(ua.clone()) {
+                    *self.registered_per_ua.entry(ua).or_default() += 1;
+                }
             } else {
-                set.remove(&ua);
+                if set.remove(&ua) {
+                    if let Some(count) = self.registered_per_ua.get_mut(&ua) {
+                        *count -= 1;
+                        if *count == 0 {
+                            self.registered_per_ua.remove(&ua);
+                        }
+                    }
+                }
                 if set.is_empty() {
                     self.registrations.remove(&app);
                 }

@@ -63,6 +63,7 @@ macro_rules! conformance_tests {
             put_and_get_app,
             register_and_unregister_wa,
             app_uas_lists_registrations,
+            ua_registrations_counts_each_app_once,
             add_deliveries_is_idempotent,
             add_deliveries_needs_a_stored_notification,
             insert_notification_replaces_older,
@@ -389,6 +390,25 @@ pub async fn app_uas_lists_registrations(store: &dyn Store) {
     expected.sort();
     assert_eq!(uas, expected, "other apps' registrations are untouched");
     assert!(store.app_uas(&new_app()).await.expect("app_uas").is_empty());
+}
+
+pub async fn ua_registrations_counts_each_app_once(store: &dyn Store) {
+    let (ua, other) = (new_ua(), new_ua());
+    assert_eq!(store.ua_registrations(&ua).await.expect("count"), 0);
+    let (a, b) = (new_app(), new_app());
+    for app in [&a, &b, &a] {
+        store.register_wa(&ua, app).await.expect("register_wa");
+    }
+    store.register_wa(&other, &a).await.expect("register_wa");
+    assert_eq!(
+        store.ua_registrations(&ua).await.expect("count"),
+        2,
+        "registering again counts once"
+    );
+    assert!(store.unregister_wa(&ua, &a).await.expect("unregister_wa"));
+    assert!(!store.unregister_wa(&ua, &a).await.expect("unregister_wa"));
+    assert_eq!(store.ua_registrations(&ua).await.expect("count"), 1);
+    assert_eq!(store.ua_registrations(&other).await.expect("count"), 1);
 }
 
 pub async fn add_deliveries_is_idempotent(store: &dyn Store) {

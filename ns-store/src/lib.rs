@@ -82,6 +82,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the registration; true if there was one.
     async fn unregister_wa(&self, ua: &UaId, app_token: &AppToken) -> StoreResult<bool>;
 
+    /// How many apps (Web Push subscriptions included) the UA is registered for.
+    async fn ua_registrations(&self, ua: &UaId) -> StoreResult<u64>;
+
     /// The UAs registered for an app.
     async fn app_uas(&self, app_token: &AppToken) -> StoreResult<Vec<UaId>>;
 

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use common::delivery::{DeliveryStatus, DeliveryUpdate};
 use common::messages::{front_end_queue, FrontEndMessage, RouteEvent};
-use common::model::{ConnId, Interface, Live, MessageId, UaId, UaRoute};
+use common::model::{AppToken, ConnId, Interface, Live, MessageId, UaId, UaRoute};
 use common::network;
 use common::notification::{notify_url, Frame, Notification, NotificationFrame};
 use common::validate::{Code, ProtocolError};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use ns_broker::BrokerError;
+use ns_store::StoreError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -406,6 +407,14 @@ where
                 },
             },
             Action::RegisterWa { ua, app } => {
+                match self.within_quota(&ua, &app.app_token).await {
+                    Ok(true) => {}
+                    Ok(false) => return self.send_error(&quota_exceeded()).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "counting registrations failed");
+                        return self.send_error(&unavailable()).await;
+                    }
+                }
                 let store = &self.shared.deps.store;
                 let stored = async {
                     store.put_app(&app).await?;
@@ -449,6 +458,17 @@ where
                 }
             }
         }
+    }
+
+    /// A UA may be registered for at most `--max-registrations-per-ua` apps (Web Push
+    /// subscriptions included); registering again for one it has is always fine.
+    async fn within_quota(&self, ua: &UaId, app_token: &AppToken) -> Result<bool, StoreError> {
+        let store = &self.shared.deps.store;
+        let max = self.shared.settings.max_registrations_per_ua;
+        if store.ua_registrations(ua).await? < max {
+            return Ok(true);
+        }
+        Ok(store.app_uas(app_token).await?.contains(ua))
     }
 
     /// A UA is woken only at its own address or inside a network the operator allows: any
@@ -601,6 +621,19 @@ where
         let endpoint = named
             .subscription
             .endpoint(secret, &self.shared.deps.notify_base_url);
+        let status = match self.within_quota(ua, &named.app_token).await {
+            Ok(true) => None,
+            Ok(false) => Some(429),
+            Err(e) => {
+                tracing::warn!(error = %e, "counting registrations failed");
+                Some(503)
+            }
+        };
+        if let Some(status) = status {
+            return self
+                .send_text(webpush::register_reply(channel_id, status, None))
+                .await;
+        }
         if let Err(e) = self
             .shared
             .deps
@@ -701,6 +734,13 @@ where
 
 fn unavailable() -> ProtocolError {
     ProtocolError::new(Code::Unavailable, "a dependency is unavailable; retry")
+}
+
+fn quota_exceeded() -> ProtocolError {
+    ProtocolError::new(
+        Code::QuotaExceeded,
+        "this UA is registered for as many apps as allowed; unregister one first",
+    )
 }
 
 /// Writes notifications in their frames, oldest first: Telefónica ones in arrays of up to

@@ -34,6 +34,7 @@ use warp::{Filter, Reply};
 const DEFAULT_PREFETCH: u16 = 512;
 const DEFAULT_MAX_PENDING: usize = 10_000;
 const DEFAULT_PING_INTERVAL_SECS: u64 = 60;
+const DEFAULT_MAX_REGISTRATIONS: u64 = 1000;
 
 /// The settings of ns-ua-ws.
 #[derive(Args, Clone, Debug)]
@@ -55,6 +56,9 @@ pub struct Settings {
     /// own connection's address: the LAN behind a NAT, or every address behind a proxy.
     #[arg(long, env = "NS_UDP_ALLOW_NETWORKS", value_delimiter = ',')]
     pub udp_allow_networks: Vec<common::network::Network>,
+    /// Most apps one UA may be registered for (Web Push subscriptions included).
+    #[arg(long, env = "NS_MAX_REGISTRATIONS_PER_UA", default_value_t = DEFAULT_MAX_REGISTRATIONS)]
+    pub max_registrations_per_ua: u64,
 }
 
 impl Default for Settings {
@@ -65,6 +69,7 @@ impl Default for Settings {
             max_pending: DEFAULT_MAX_PENDING,
             ping_interval_secs: DEFAULT_PING_INTERVAL_SECS,
             udp_allow_networks: Vec::new(),
+            max_registrations_per_ua: DEFAULT_MAX_REGISTRATIONS,
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::net::UdpSocket;
 
 ns_tests::both_modes!(
     foreign_interface_refused,
+    registrations_per_ua_quota,
     token_endpoint,
     websocket_basics,
     malformed_command_data,
@@ -607,6 +608,42 @@ async fn same_watoken_fans_out(b: Backend) {
     let (_, v) = c.notify(&url, &body("g", "to one")).await;
     assert_eq!(a.next_notifications().await[0]["messageId"], v["messageId"]);
     b2.assert_silent(SHORT).await;
+}
+
+async fn registrations_per_ua_quota(b: Backend) {
+    let options = Options {
+        front_end: ns_ua_ws::Settings {
+            max_registrations_per_ua: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let c = Cluster::start_with(b, options).await;
+    let (mut ua, first) = ua_with_wa(&c, 0, "quota-a").await;
+    ua.register_wa("quota-b").await;
+    let token = ua.token.clone();
+    ua.command(
+        "register/wa",
+        json!({"uatoken": token, "watoken": "quota-c"}),
+    )
+    .await;
+    assert_eq!(
+        ua.next_error_code().await,
+        465,
+        "a third app is over the quota"
+    );
+    assert_eq!(
+        ua.register_wa("quota-a").await,
+        first,
+        "registering again is not a new registration"
+    );
+    ua.command(
+        "unregister/wa",
+        json!({"uatoken": token, "watoken": "quota-b"}),
+    )
+    .await;
+    assert_eq!(ua.next_text().await, "OK");
+    ua.register_wa("quota-c").await;
 }
 
 async fn foreign_interface_refused(b: Backend) {

@@ -27,6 +27,7 @@ ns_tests::both_modes!(
     rate_limit,
     backlog_follows_as_acked,
     both_dialects_on_one_port,
+    subscriptions_count_toward_the_quota,
 );
 
 const SHORT: Duration = Duration::from_millis(1500);
@@ -646,6 +647,32 @@ async fn backlog_follows_as_acked(b: Backend) {
         ua.ack(last, 101).await;
     }
     ua.assert_silent(SHORT).await;
+}
+
+async fn subscriptions_count_toward_the_quota(b: Backend) {
+    let options = Options {
+        front_end: ns_ua_ws::Settings {
+            max_registrations_per_ua: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let c = Cluster::start_with(b, options).await;
+    let mut ua = PushUa::hello(&c.ws_url(0), None).await;
+    let first = ua.subscribe(None).await;
+    ua.subscribe(None).await;
+    let third = uuid::Uuid::new_v4().to_string();
+    assert_eq!(ua.register(&third, None).await["status"], 429);
+    let again = ua.register(&first.channel_id, None).await;
+    assert_eq!(
+        (again["status"].as_u64(), again["pushEndpoint"].as_str()),
+        (Some(200), Some(first.endpoint.as_str())),
+        "registering a channel again is not a new subscription"
+    );
+    ua.send(json!({"messageType": "unregister", "channelID": first.channel_id}))
+        .await;
+    assert_eq!(ua.reply("unregister").await["status"], 200);
+    assert_eq!(ua.register(&third, None).await["status"], 200);
 }
 
 async fn both_dialects_on_one_port(b: Backend) {
