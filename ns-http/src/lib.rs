@@ -9,8 +9,7 @@ mod server;
 pub use body::{drain, read_body, BodyError, DRAIN_LIMIT};
 pub use health::Health;
 pub use server::{
-    limits, refuse, serve, serve_connection, serve_with, with_limits, Admitted, ConnectionLimit,
-    HttpLimits,
+    accept, limits, serve, serve_connection, serve_with, with_limits, Admitted, HttpLimits,
 };
 
 use std::convert::Infallible;

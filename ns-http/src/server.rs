@@ -126,8 +126,41 @@ pub async fn serve_with<F, R>(
     F: Filter<Extract = (R,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
     R: Reply,
 {
-    let gate = ConnectionLimit::new(limits.http_max_connections);
     let tasks = TaskTracker::new();
+    let max = limits.http_max_connections;
+    accept(
+        listener,
+        max,
+        &tasks,
+        &shutdown,
+        |stream, accepted_at, admitted| {
+            let (filter, limits, shutdown) = (filter.clone(), limits.clone(), shutdown.clone());
+            async move {
+                let _admitted = admitted;
+                serve_connection(stream, filter, &limits, accepted_at, shutdown).await;
+            }
+        },
+    )
+    .await;
+    tasks.close();
+    // Bounded: idle connections close at once, requests in flight within the body timeout.
+    tasks.wait().await;
+}
+
+/// Accepts connections on `listener` until `shutdown`, at most `max_connections` at once:
+/// each admitted one goes to `serve`, with its accept time, as a task on `tasks`; one past
+/// the limit is [`refuse`]d. Returns once `shutdown` is cancelled, the listener closed.
+pub async fn accept<H, Fut>(
+    listener: TcpListener,
+    max_connections: usize,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+    mut serve: H,
+) where
+    H: FnMut(TcpStream, Instant, Admitted) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let gate = ConnectionLimit::new(max_connections);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -136,15 +169,14 @@ pub async fn serve_with<F, R>(
         match accepted {
             Ok((stream, _)) => {
                 let accepted_at = Instant::now();
-                let Some(permit) = gate.admit(&stream) else {
-                    tokio::spawn(refuse(stream));
-                    continue;
-                };
-                let (filter, limits, shutdown) = (filter.clone(), limits.clone(), shutdown.clone());
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    serve_connection(stream, filter, &limits, accepted_at, shutdown).await;
-                });
+                match gate.admit(&stream) {
+                    Some(admitted) => {
+                        tasks.spawn(serve(stream, accepted_at, admitted));
+                    }
+                    None => {
+                        tokio::spawn(refuse(stream));
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors, typically: back off instead of spinning.
@@ -153,15 +185,11 @@ pub async fn serve_with<F, R>(
             }
         }
     }
-    drop(listener);
-    tasks.close();
-    // Bounded: idle connections close at once, requests in flight within the body timeout.
-    tasks.wait().await;
 }
 
 /// How many connections a listener holds at once.
 #[derive(Clone, Debug)]
-pub struct ConnectionLimit {
+pub(crate) struct ConnectionLimit {
     slots: Arc<Semaphore>,
 }
 
@@ -170,7 +198,7 @@ pub struct ConnectionLimit {
 pub struct Admitted(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl ConnectionLimit {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         ConnectionLimit {
             slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
         }
@@ -178,7 +206,7 @@ impl ConnectionLimit {
 
     /// A place for `stream`, or `None` when the limit is reached: the caller then hands
     /// the stream to [`refuse`].
-    pub fn admit(&self, stream: &TcpStream) -> Option<Admitted> {
+    pub(crate) fn admit(&self, stream: &TcpStream) -> Option<Admitted> {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Some(Admitted(permit)),
             Err(_) => {
@@ -198,7 +226,7 @@ content-length: 61\r\n\r\n\
 {\"status\":\"ERROR\",\"reason\":\"too many connections\",\"code\":503}";
 
 /// Answers a connection past the limit `503` and closes it.
-pub async fn refuse(mut stream: TcpStream) {
+pub(crate) async fn refuse(mut stream: TcpStream) {
     // Bounded, so that refusals can't pile up either.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(REFUSAL).await?;

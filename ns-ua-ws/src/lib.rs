@@ -213,36 +213,24 @@ pub async fn run(
 
     let routes = http_routes(shared.clone());
     let limits = ns_http::limits();
-    let gate = ns_http::ConnectionLimit::new(limits.http_max_connections);
     tracing::info!(addr = ?listener.local_addr().ok(), server_id = %shared.node, "ns-ua-ws listening");
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => break,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let accepted_at = tokio::time::Instant::now();
-                let Some(admitted) = gate.admit(&stream) else {
-                    tokio::spawn(ns_http::refuse(stream));
-                    continue;
-                };
-                let (shared, routes, shutdown) = (shared.clone(), routes.clone(), shutdown.clone());
-                let http = Http {
-                    limits: limits.clone(),
-                    accepted_at,
-                    admitted,
-                };
-                tasks.spawn(async move { handle(stream, http, shared, routes, shutdown).await });
-            }
-            Err(e) => {
-                // Out of file descriptors, typically: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    drop(listener);
+    let max = limits.http_max_connections;
+    ns_http::accept(
+        listener,
+        max,
+        &tasks,
+        &shutdown,
+        |stream, accepted_at, admitted| {
+            let (shared, routes, shutdown) = (shared.clone(), routes.clone(), shutdown.clone());
+            let http = Http {
+                limits: limits.clone(),
+                accepted_at,
+                admitted,
+            };
+            handle(stream, http, shared, routes, shutdown)
+        },
+    )
+    .await;
     ns_runtime::shutdown::drain(&tasks, Duration::from_secs(20), "closing connections").await;
     Ok(())
 }
