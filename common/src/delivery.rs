@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{EpochSecs, MessageId, UaId};
-use crate::notification::Notification;
+use crate::notification::NotificationHead;
 
 /// The delivery state of one notification for one UA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -171,7 +171,7 @@ impl StatusReport {
     /// The report of `n` from its delivery records at `now`: what was still owed when the
     /// notification expired shows as expired; rows come sorted by device.
     pub fn assemble(
-        n: &Notification,
+        n: &NotificationHead,
         rows: impl IntoIterator<Item = (UaId, DeliveryRecord)>,
         now: EpochSecs,
     ) -> StatusReport {
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_report_shows_owed_deliveries_of_an_expired_notification_as_expired() {
-        let n = crate::test_support::notification(10, 4);
+        let n = crate::test_support::notification(10, 4).head();
         let rows = [("c", Acked), ("a", Pending), ("b", Sent)].map(|(ua, status)| {
             (
                 UaId::new(ua),

@@ -9,19 +9,21 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Borrow;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Declares a string id type: transparent in serde, shown as the bare string, borrowable as
-/// `str` so maps keyed by it can be searched with a `&str`.
+/// `str` so maps keyed by it can be searched with a `&str`. The string is shared: a clone
+/// (every index that holds an id holds a clone) costs a reference count, not a copy.
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             pub fn new(id: impl Into<String>) -> Self {
-                $name(id.into())
+                $name(Arc::from(id.into()))
             }
 
             pub fn as_str(&self) -> &str {
@@ -43,13 +45,13 @@ macro_rules! string_id {
 
         impl From<String> for $name {
             fn from(id: String) -> Self {
-                $name(id)
+                $name(Arc::from(id))
             }
         }
 
         impl From<&str> for $name {
             fn from(id: &str) -> Self {
-                $name(id.to_owned())
+                $name(Arc::from(id))
             }
         }
     };

@@ -32,10 +32,9 @@ impl Notification {
         self.ttl == 0
     }
 
-    /// Past its TTL: no longer delivered, and removed by the purge. An ephemeral
-    /// notification never expires, as it is never kept.
+    /// Past its TTL ([`NotificationHead::is_expired`]).
     pub fn is_expired(&self, now: EpochSecs) -> bool {
-        !self.is_ephemeral() && self.expires_at <= now
+        expired(self.ttl, self.expires_at, now)
     }
 
     /// Where it stands among the notifications with the same app and AS id.
@@ -44,6 +43,46 @@ impl Notification {
             created_at: self.created_at,
             message_id: self.message_id.clone(),
         }
+    }
+
+    /// Everything but the payload.
+    pub fn head(&self) -> NotificationHead {
+        NotificationHead {
+            message_id: self.message_id.clone(),
+            app_token: self.app_token.clone(),
+            id: self.id.clone(),
+            ttl: self.ttl,
+            timestamp: self.timestamp,
+            expires_at: self.expires_at,
+            priority: self.priority,
+            created_at: self.created_at,
+        }
+    }
+
+    /// The head and the payload, apart: a store may keep them in different places.
+    pub fn split(self) -> (NotificationHead, Payload) {
+        let Notification {
+            message_id,
+            app_token,
+            id,
+            payload,
+            ttl,
+            timestamp,
+            expires_at,
+            priority,
+            created_at,
+        } = self;
+        let head = NotificationHead {
+            message_id,
+            app_token,
+            id,
+            ttl,
+            timestamp,
+            expires_at,
+            priority,
+            created_at,
+        };
+        (head, payload)
     }
 
     /// What a UA is sent for it, in the dialect of its payload: a notification object of
@@ -70,6 +109,66 @@ impl Notification {
             }),
         }
     }
+}
+
+/// A notification without its payload: what the rules read, and what a store that keeps
+/// payloads apart holds in its indexes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationHead {
+    pub message_id: MessageId,
+    pub app_token: AppToken,
+    pub id: String,
+    pub ttl: u32,
+    pub timestamp: EpochSecs,
+    pub expires_at: EpochSecs,
+    pub priority: u8,
+    pub created_at: EpochMillis,
+}
+
+impl NotificationHead {
+    /// Past its TTL: no longer delivered, and removed by the purge. An ephemeral
+    /// notification never expires, as it is never kept.
+    pub fn is_expired(&self, now: EpochSecs) -> bool {
+        expired(self.ttl, self.expires_at, now)
+    }
+
+    /// Where it stands among the notifications with the same app and AS id.
+    pub fn recency(&self) -> Recency {
+        Recency {
+            created_at: self.created_at,
+            message_id: self.message_id.clone(),
+        }
+    }
+
+    /// The whole notification again.
+    pub fn with_payload(self, payload: Payload) -> Notification {
+        let NotificationHead {
+            message_id,
+            app_token,
+            id,
+            ttl,
+            timestamp,
+            expires_at,
+            priority,
+            created_at,
+        } = self;
+        Notification {
+            message_id,
+            app_token,
+            id,
+            payload,
+            ttl,
+            timestamp,
+            expires_at,
+            priority,
+            created_at,
+        }
+    }
+}
+
+/// The expiry rule: `ttl: 0` notifications are never kept, so never expire.
+fn expired(ttl: u32, expires_at: EpochSecs, now: EpochSecs) -> bool {
+    ttl != 0 && expires_at <= now
 }
 
 /// What a notification carries, as its sender gave it.
@@ -161,7 +260,7 @@ impl NotificationState {
     }
 
     /// May be sent to the UAs it is pending for: not replaced and not expired.
-    pub fn is_deliverable(self, n: &Notification, now: EpochSecs) -> bool {
+    pub fn is_deliverable(self, n: &NotificationHead, now: EpochSecs) -> bool {
         !self.replaced && !n.is_expired(now)
     }
 }
@@ -285,6 +384,18 @@ mod tests {
         assert!(n.is_expired(EpochSecs(100)));
         assert!(!notification(0, 0).is_expired(EpochSecs(1_000)));
 
+        let (head, payload) = n.clone().split();
+        assert_eq!(
+            head.is_expired(EpochSecs(100)),
+            n.is_expired(EpochSecs(100))
+        );
+        assert_eq!(head.recency(), n.recency());
+        assert_eq!(
+            head.clone().with_payload(payload),
+            n,
+            "split and joined back"
+        );
+        let n = head;
         let live = NotificationState::default();
         assert!(live.is_deliverable(&n, EpochSecs(99)));
         assert!(!live.is_deliverable(&n, EpochSecs(100)));

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::delivery::{DeliveryRecord, DeliveryStatus};
 use crate::model::EpochSecs;
-use crate::notification::{Notification, NotificationState};
+use crate::notification::{NotificationHead, NotificationState};
 
 /// How long what is done with stays visible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ impl Retention {
 /// was routed and none of its deliveries is left: nobody is owed it and there is nothing to
 /// report on it.
 pub fn notification_is_spent(
-    n: &Notification,
+    n: &NotificationHead,
     state: NotificationState,
     deliveries_left: usize,
     now: EpochSecs,
@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn notifications_go_when_expired_or_routed_with_nothing_left() {
-        let n = crate::test_support::notification(10, 4);
+        let n = crate::test_support::notification(10, 4).head();
         let routed = NotificationState {
             routed: true,
             replaced: false,

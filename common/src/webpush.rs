@@ -309,6 +309,8 @@ pub enum PushErrorKind {
     TooBig,
     /// Over the rate limit for the subscription.
     RateLimited,
+    /// The subscription's app has as many pending messages as the server allows.
+    QuotaExceeded,
     /// The store or broker can't take the message now.
     Unavailable,
 }
@@ -327,7 +329,9 @@ impl PushErrorKind {
             PushErrorKind::NotFound => 102,
             PushErrorKind::Gone => 103,
             PushErrorKind::TooBig => 104,
-            PushErrorKind::RateLimited | PushErrorKind::Unavailable => 201,
+            PushErrorKind::RateLimited
+            | PushErrorKind::QuotaExceeded
+            | PushErrorKind::Unavailable => 201,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! confirmed by the broker; anything it cannot persist is refused with 503.
 
 mod limiter;
+mod quota;
 mod webpush;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ const APP_CACHE_LIMIT: usize = 100_000;
 
 const DEFAULT_RATE_LIMIT: u32 = 1000;
 const DEFAULT_RATE_BURST: u32 = 2000;
+const DEFAULT_MAX_PENDING_PER_APP: u64 = 10_000;
 
 /// The settings of ns-as.
 #[derive(Args, Clone, Debug)]
@@ -54,6 +56,12 @@ pub struct Settings {
     /// Most seconds a notification's `timestamp` may be ahead of this server's clock.
     #[arg(long, env = "NS_MAX_CLOCK_SKEW_SECS", default_value_t = DEFAULT_MAX_CLOCK_SKEW)]
     pub max_clock_skew_secs: i64,
+    /// Most pending notifications (stored, neither replaced nor expired, not acked by every
+    /// UA) of one appToken or
+    /// push subscription; a new one to store past it is refused (465, or 429 for Web Push).
+    /// 0 disables the quota.
+    #[arg(long, env = "NS_MAX_PENDING_PER_APP", default_value_t = DEFAULT_MAX_PENDING_PER_APP)]
+    pub max_pending_per_app: u64,
 }
 
 impl Default for Settings {
@@ -63,6 +71,7 @@ impl Default for Settings {
             rate_limit: DEFAULT_RATE_LIMIT,
             rate_burst: DEFAULT_RATE_BURST,
             max_clock_skew_secs: DEFAULT_MAX_CLOCK_SKEW,
+            max_pending_per_app: DEFAULT_MAX_PENDING_PER_APP,
         }
     }
 }
@@ -146,6 +155,7 @@ struct State {
     clock: Clock,
     apps: RwLock<HashMap<AppToken, CachedApp>>,
     limiter: RateLimiter,
+    pending: quota::PendingQuota,
     vapid: webpush::VapidCache,
     metrics: Metrics,
 }
@@ -178,6 +188,7 @@ pub fn routes(
     let max_body = settings.max_body();
     let state = Arc::new(State {
         limiter: RateLimiter::new(settings.rate_limit, settings.rate_burst),
+        pending: quota::PendingQuota::new(settings.max_pending_per_app),
         settings,
         secret: deps.secret.clone(),
         public: Public::new(&deps.public_base_url),
@@ -360,6 +371,16 @@ async fn notify(
         priority: request.priority,
         created_at: state.clock.now_millis(),
     };
+    if !room_for(state, &notification, now)
+        .await
+        .map_err(|Unavailable| unavailable())?
+    {
+        return Err(ProtocolError::new(
+            Code::QuotaExceeded,
+            "this appToken has too many pending notifications; retry once some have \
+             expired, or were acked and purged",
+        ));
+    }
     let message_id = notification.message_id.clone();
     store_and_publish(state, notification, now)
         .await
@@ -370,9 +391,32 @@ async fn notify(
 /// The store or the broker failed; the cause is logged.
 struct Unavailable;
 
+/// Whether the notification's appToken has room for it under `--max-pending-per-app`,
+/// taking the place if so (see [`quota`]). A `ttl: 0` notification is never stored, so it
+/// always has room. One that replaces a pending notification with the same id needs room
+/// too: the quota is checked before anything is looked up.
+async fn room_for(
+    state: &State,
+    notification: &Notification,
+    now: EpochSecs,
+) -> Result<bool, Unavailable> {
+    if notification.is_ephemeral() {
+        return Ok(true);
+    }
+    state
+        .pending
+        .reserve(&*state.store, &notification.app_token, now)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "counting an app's pending notifications failed");
+            Unavailable
+        })
+}
+
 /// Stores a notification (unless it is for the UAs connected right now: `ttl: 0` ones are
 /// never stored), then publishes it on `newMessages` and waits for the broker's confirm:
-/// what has to be done before the sender is answered.
+/// what has to be done before the sender is answered. A stored notification must have had
+/// [`room_for`] it, whose place is given back if storing fails.
 async fn store_and_publish(
     state: &State,
     notification: Notification,
@@ -381,6 +425,7 @@ async fn store_and_publish(
     let message_id = notification.message_id.clone();
     if !notification.is_ephemeral() {
         if let Err(e) = state.store.insert_notification(&notification, now).await {
+            state.pending.release(&notification.app_token);
             tracing::warn!(error = %e, message_id = %message_id, "storing a notification failed");
             return Err(Unavailable);
         }

@@ -156,6 +156,16 @@ where
         priority: parsed.priority,
         created_at: state.clock.now_millis(),
     };
+    if !crate::room_for(state, &notification, now)
+        .await
+        .map_err(|crate::Unavailable| unavailable())?
+    {
+        return Err(PushError::new(
+            PushErrorKind::QuotaExceeded,
+            "this subscription has too many pending messages; retry once some have \
+             expired, or were acked and purged",
+        ));
+    }
     crate::store_and_publish(state, notification, now)
         .await
         .map_err(|crate::Unavailable| unavailable())?;
@@ -335,7 +345,7 @@ fn status_of(kind: PushErrorKind) -> StatusCode {
         PushErrorKind::NotFound => StatusCode::NOT_FOUND,
         PushErrorKind::Gone => StatusCode::GONE,
         PushErrorKind::TooBig => StatusCode::PAYLOAD_TOO_LARGE,
-        PushErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        PushErrorKind::RateLimited | PushErrorKind::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         PushErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

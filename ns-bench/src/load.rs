@@ -489,6 +489,8 @@ pub(crate) async fn stored(
         .wait_pending(last, Duration::from_secs(args.drain_secs))
         .await?;
     let routed_us = clock.now_us();
+    // Everything accepted is now pending in the store: what holding it costs the server.
+    let pending = watch.usage();
 
     // Everyone reconnects at once.
     let tally = Tally::new(clock, 0);
@@ -531,6 +533,13 @@ pub(crate) async fn stored(
     report.add("notify_errors", sent.errors.to_json());
     report.add("accepted_per_s", per_sec(accepted, accept_us));
     report.add("stored_all_s", round((routed_us as f64) / 1e6));
+    if watch.watching_servers() && accepted > 0 {
+        let (before, after) = pending.server_rss_kib;
+        report.add(
+            "server_bytes_per_pending",
+            (after.saturating_sub(before) * 1024) / accepted,
+        );
+    }
     report.add(
         "reconnected_all_s",
         round((registered_us - reconnect_us) as f64 / 1e6),

@@ -6,6 +6,7 @@
 
 mod cache;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 30;
 const DEFAULT_SWEEP_MIN_AGE_SECS: u64 = 30;
 const DEFAULT_PURGE_INTERVAL_SECS: u64 = 60;
 const DEFAULT_ACKED_RETENTION_SECS: i64 = 3600;
+const DEFAULT_MAX_PENDING_PER_UA: u64 = 1000;
 /// Unrouted notifications the sweep takes at a time.
 const SWEEP_BATCH: usize = 1000;
 
@@ -62,6 +64,11 @@ pub struct Settings {
     /// in flight then.
     #[arg(long, env = "NS_SWEEP_AT_START")]
     pub sweep_at_start: bool,
+    /// Most outstanding deliveries (pending or sent, of notifications neither replaced nor
+    /// expired) one UA may have; a notification routed to a UA that has as many is recorded
+    /// `rejected` for it and not sent to it. 0 disables the quota.
+    #[arg(long, env = "NS_MAX_PENDING_PER_UA", default_value_t = DEFAULT_MAX_PENDING_PER_UA)]
+    pub max_pending_per_ua: u64,
 }
 
 impl Default for Settings {
@@ -74,6 +81,7 @@ impl Default for Settings {
             purge_interval_secs: DEFAULT_PURGE_INTERVAL_SECS,
             acked_retention_secs: DEFAULT_ACKED_RETENTION_SECS,
             sweep_at_start: false,
+            max_pending_per_ua: DEFAULT_MAX_PENDING_PER_UA,
         }
     }
 }
@@ -83,6 +91,11 @@ impl Settings {
         Retention {
             acked_secs: self.acked_retention_secs,
         }
+    }
+
+    /// The quota of outstanding deliveries per UA, if there is one.
+    fn max_pending_per_ua(&self) -> Option<u64> {
+        (self.max_pending_per_ua > 0).then_some(self.max_pending_per_ua)
     }
 }
 
@@ -102,6 +115,7 @@ struct Metrics {
     wakeups: Arc<Metric>,
     offline: Arc<Metric>,
     skipped: Arc<Metric>,
+    refused: Arc<Metric>,
     failures: Arc<Metric>,
 }
 
@@ -126,6 +140,10 @@ impl Metrics {
                 "ns_monitor_skipped_total",
                 "Notifications not routed because they were replaced.",
             ),
+            refused: r.counter(
+                "ns_monitor_refused_total",
+                "UA deliveries refused because the UA had as many pending as it may.",
+            ),
             failures: r.counter(
                 "ns_monitor_failures_total",
                 "Routing attempts that failed and will be retried.",
@@ -149,16 +167,18 @@ struct Router {
     clock: Clock,
     cache: RouteCache,
     metrics: Metrics,
+    max_pending_per_ua: Option<u64>,
 }
 
 impl Router {
-    fn new(deps: &Deps) -> Self {
+    fn new(settings: &Settings, deps: &Deps) -> Self {
         Router {
             store: deps.store.clone(),
             broker: deps.broker.clone(),
             clock: deps.clock.clone(),
             cache: RouteCache::default(),
             metrics: Metrics::new(&deps.registry),
+            max_pending_per_ua: settings.max_pending_per_ua(),
         }
     }
 
@@ -187,17 +207,31 @@ impl Router {
     }
 
     /// Routes a notification: a new one to every UA registered for its app (after storing
-    /// their pending deliveries), one handed back by a front-end to the UAs that had left it.
+    /// their deliveries), one handed back by a front-end to the UAs that had left it. A UA
+    /// the store refused for its quota of outstanding deliveries is not routed to: its
+    /// delivery is `rejected` already. A `ttl: 0` notification is stored for nobody, so no
+    /// quota holds it back.
     async fn route(&self, message: &NewMessage) -> Result<(), RouteError> {
         let n = &message.notification;
         let (routes, gone) = match &message.reroute {
             None => {
-                let uas = self.app_uas(&n.app_token).await?;
-                if !n.is_ephemeral()
-                    && !self.store.add_deliveries(n, &uas, self.clock.now()).await?
-                {
-                    self.metrics.skipped.inc();
-                    return Ok(());
+                let mut uas = self.app_uas(&n.app_token).await?;
+                if !n.is_ephemeral() {
+                    let now = self.clock.now();
+                    let added = self
+                        .store
+                        .add_deliveries(n, &uas, now, self.max_pending_per_ua)
+                        .await?;
+                    if !added.routed {
+                        self.metrics.skipped.inc();
+                        return Ok(());
+                    }
+                    if !added.refused.is_empty() {
+                        self.metrics.refused.add(added.refused.len() as i64);
+                        let refused: HashSet<&UaId> = added.refused.iter().collect();
+                        let accepted = uas.iter().filter(|ua| !refused.contains(ua)).cloned();
+                        uas = Arc::new(accepted.collect());
+                    }
                 }
                 (self.routes(&uas).await?, Vec::new())
             }
@@ -292,7 +326,7 @@ pub async fn run(
     deps: Deps,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let router = Arc::new(Router::new(&deps));
+    let router = Arc::new(Router::new(&settings, &deps));
     if settings.sweep_at_start {
         // Bounded, in case the store keeps listing something it can't route.
         for _ in 0..1000 {

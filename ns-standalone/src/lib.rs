@@ -25,12 +25,18 @@ use tokio_util::sync::CancellationToken;
 /// The id of the one front-end, which names its in-process queue.
 const NODE: &str = "local";
 
+const DEFAULT_STORE_CACHE_MIB: usize = ns_store_redb::DEFAULT_CACHE_BYTES >> 20;
+
 /// Everything the one-process server is configured with, but its addresses.
 #[derive(Args, Clone, Debug)]
 pub struct Settings {
     /// Directory of the store and the generated secret.
     #[arg(long, env = "NS_DATA_DIR", default_value = "./ns-data")]
     pub data_dir: PathBuf,
+    /// Memory the store may use to cache pages of its file, in MiB. Its indexes are in
+    /// memory apart from this; payloads are read from the file when delivered.
+    #[arg(long, env = "NS_STORE_CACHE_MIB", default_value_t = DEFAULT_STORE_CACHE_MIB)]
+    pub store_cache_mib: usize,
     #[command(flatten)]
     pub secret: SecretConfig,
     #[command(flatten)]
@@ -53,6 +59,7 @@ impl Settings {
     pub fn new(data_dir: PathBuf, notify_base_url: String) -> Self {
         Settings {
             data_dir,
+            store_cache_mib: DEFAULT_STORE_CACHE_MIB,
             secret: SecretConfig { secret: None },
             public: PublicUrlConfig { notify_base_url },
             notify: ns_as::Settings::default(),
@@ -124,7 +131,11 @@ pub async fn run(
         .with_context(|| format!("creating {}", settings.data_dir.display()))?;
     let secret = load_secret(&settings.secret, &settings.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&settings.data_dir.join("store.redb")).context("opening the store")?,
+        EmbeddedStore::open_with_cache(
+            &settings.data_dir.join("store.redb"),
+            settings.store_cache_mib.saturating_mul(1 << 20),
+        )
+        .context("opening the store")?,
     );
     let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new());
     let registry = Registry::default();

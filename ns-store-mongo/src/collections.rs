@@ -12,7 +12,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
-use ns_store::{StoreError, StoreResult};
+use ns_store::{Added, StoreError, StoreResult};
 
 use crate::documents::*;
 use crate::rules::*;
@@ -50,6 +50,7 @@ pub(crate) enum NotificationWrite {
         n: Notification,
         uas: Vec<UaId>,
         now: EpochSecs,
+        max_pending: Option<u64>,
     },
 }
 
@@ -76,6 +77,8 @@ impl Collections {
                 index(doc! { "app_id": 1, "created_at": 1 }),
                 // `unrouted`.
                 index(doc! { "routed": 1, "created_at": 1 }),
+                // `pending_for_app`: the notifications of an app not routed yet.
+                index(doc! { "app_token": 1, "routed": 1, "replaced": 1, "expires_at": 1 }),
                 // Expiry by the server, and the expired ones `purge` looks for.
                 IndexModel::builder()
                     .keys(doc! { "expire_at": 1 })
@@ -92,8 +95,10 @@ impl Collections {
         drop_indexes(&self.notifications, &OBSOLETE_NOTIFICATION_INDEXES).await?;
         self.deliveries
             .create_indexes([
-                // `outstanding`.
+                // `outstanding`, and what a UA is owed when routing checks its quota.
                 index(doc! { "ua": 1, "status": 1, "created_at": 1 }),
+                // `pending_for_app`: the notifications an app is still owed to some UA.
+                index(doc! { "app_token": 1, "status": 1, "expire_at": 1 }),
                 // `status`, and the deliveries of replaced, spent or purged notifications.
                 index(doc! { "message_id": 1 }),
                 // Expiry by the server, with the notifications.
@@ -109,13 +114,14 @@ impl Collections {
     }
 
     /// Writes a batch of notification writes: the inserts first, then the routings, as if the
-    /// inserts had come first. Returns, for each write, whether it took effect (a routing of a
-    /// missing or replaced notification does not) or why it failed.
+    /// inserts had come first. Returns, for each write, what it did (a routing of a missing or
+    /// replaced notification does nothing) or why it failed.
     pub(crate) async fn apply_notification_writes(
         &self,
         writes: Vec<NotificationWrite>,
-    ) -> Vec<mongodb::error::Result<bool>> {
-        let mut results: Vec<mongodb::error::Result<bool>> = vec![Ok(true); writes.len()];
+    ) -> Vec<mongodb::error::Result<Added>> {
+        let mut results: Vec<mongodb::error::Result<Added>> =
+            vec![Ok(Added::to_all()); writes.len()];
         let mut inserts = Vec::new();
         let mut insert_pos = Vec::new();
         let mut routes = Vec::new();
@@ -126,8 +132,13 @@ impl Collections {
                     inserts.push((n, *now));
                     insert_pos.push(pos);
                 }
-                NotificationWrite::Route { n, uas, now } => {
-                    routes.push((n, uas.as_slice(), *now));
+                NotificationWrite::Route {
+                    n,
+                    uas,
+                    now,
+                    max_pending,
+                } => {
+                    routes.push((n, uas.as_slice(), *now, *max_pending));
                     route_pos.push(pos);
                 }
             }
@@ -242,9 +253,14 @@ impl Collections {
         Ok(())
     }
 
-    /// Creates the pending deliveries of the notifications that are stored and still need
-    /// routing, each at its routing's `now`, then marks those routed. Returns, for each
-    /// routing, whether the notification was routed or why its deliveries could not be stored.
+    /// Creates the deliveries of the notifications that are stored and still need routing,
+    /// each at its routing's `now`, then marks those routed. Returns, for each routing, what
+    /// it did, or why its deliveries could not be stored.
+    ///
+    /// Which deliveries are made, `pending` or `rejected` for a UA at its routing's quota, is
+    /// [`choose_deliveries`]'s, from the deliveries of these notifications already there and,
+    /// for the UAs with none yet under a quota, how many each is owed: one query of each kind
+    /// (per `$in` chunk) for the whole batch.
     ///
     /// Routed is marked last, so that a crash in between leaves the notification to the
     /// recovery of unrouted ones rather than half routed for good. Whether a notification is
@@ -259,26 +275,53 @@ impl Collections {
     /// marked routed: it has no delivery, and won't get one.
     pub(crate) async fn route_notifications(
         &self,
-        routes: &[(&Notification, &[UaId], EpochSecs)],
-    ) -> mongodb::error::Result<Vec<mongodb::error::Result<bool>>> {
+        routes: &[(&Notification, &[UaId], EpochSecs, Option<u64>)],
+    ) -> mongodb::error::Result<Vec<mongodb::error::Result<Added>>> {
+        let existing = self.delivery_states(routes).await?;
+        let owed = self.owed(routes, &existing).await?;
+        let routings: Vec<Routing<'_>> = routes
+            .iter()
+            .map(|(n, uas, _, max)| (&n.message_id, *uas, *max))
+            .collect();
+        let chosen = choose_deliveries(&routings, &existing, &owed);
+
         let mut docs = Vec::new();
         // For each delivery document, the position of its routing.
         let mut owners = Vec::new();
-        for (k, (n, uas, now)) in routes.iter().enumerate() {
-            for ua in *uas {
+        // The rejected deliveries made, by notification: removed with the pending ones
+        // should the notification turn out not to be live.
+        let mut rejected: HashMap<&str, Vec<String>> = HashMap::new();
+        for (k, ((n, _, now, _), chosen)) in routes.iter().zip(&chosen).enumerate() {
+            for (ua, status) in &chosen.create {
+                let key = delivery_key(&n.message_id, ua);
+                if *status == DeliveryStatus::Rejected {
+                    rejected
+                        .entry(n.message_id.as_str())
+                        .or_default()
+                        .push(key.clone());
+                }
                 owners.push(k);
                 docs.push(DeliveryDoc {
-                    key: delivery_key(&n.message_id, ua),
+                    key,
                     message_id: n.message_id.clone(),
+                    app_token: Some(n.app_token.clone()),
                     ua: ua.clone(),
-                    status: DeliveryStatus::Pending,
+                    status: *status,
                     at: *now,
                     created_at: n.created_at,
                     expire_at: date(n.expires_at),
                 });
             }
         }
-        let mut outcomes: Vec<mongodb::error::Result<bool>> = vec![Ok(true); routes.len()];
+        let mut outcomes: Vec<mongodb::error::Result<Added>> = chosen
+            .into_iter()
+            .map(|c| {
+                Ok(Added {
+                    routed: true,
+                    refused: c.refused,
+                })
+            })
+            .collect();
         if !docs.is_empty() {
             // Unordered, so that deliveries already there (a message handled twice) only fail
             // themselves, with a duplicate key, and leave them as they are.
@@ -287,7 +330,7 @@ impl Collections {
                     // Every routing of the notification failed: whichever of them the failed
                     // delivery came from, the notification is not fully routed.
                     let message_id = &routes[owners[d]].0.message_id;
-                    for (k, (n, _, _)) in routes.iter().enumerate() {
+                    for (k, (n, _, _, _)) in routes.iter().enumerate() {
                         if &n.message_id == message_id {
                             outcomes[k] = Err(e.clone());
                         }
@@ -298,7 +341,7 @@ impl Collections {
 
         let mut to_some: BTreeSet<&str> = BTreeSet::new();
         let mut to_nobody: BTreeSet<&str> = BTreeSet::new();
-        for ((n, uas, _), outcome) in routes.iter().zip(&outcomes) {
+        for ((n, uas, _, _), outcome) in routes.iter().zip(&outcomes) {
             if outcome.is_ok() {
                 if uas.is_empty() {
                     to_nobody.insert(n.message_id.as_str());
@@ -330,12 +373,101 @@ impl Collections {
                 }
             }
         }
-        for ((n, _, _), outcome) in routes.iter().zip(outcomes.iter_mut()) {
+        let made: Vec<&str> = not_live
+            .iter()
+            .filter_map(|id| rejected.get(id.as_str()))
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        for chunk in made.chunks(IN_CHUNK) {
+            self.deliveries
+                .delete_many(doc! { "_id": { "$in": chunk } })
+                .await?;
+        }
+        for ((n, _, _, _), outcome) in routes.iter().zip(outcomes.iter_mut()) {
             if outcome.is_ok() && not_live.contains(n.message_id.as_str()) {
-                *outcome = Ok(false);
+                *outcome = Ok(Added::default());
             }
         }
         Ok(outcomes)
+    }
+
+    /// The states of the deliveries these routings' notifications have already (a message
+    /// handled twice), by notification and UA; served by the index on `message_id`.
+    async fn delivery_states(
+        &self,
+        routes: &[(&Notification, &[UaId], EpochSecs, Option<u64>)],
+    ) -> mongodb::error::Result<HashMap<(MessageId, UaId), DeliveryStatus>> {
+        let ids: BTreeSet<&str> = routes
+            .iter()
+            .filter(|(_, uas, _, _)| !uas.is_empty())
+            .map(|(n, _, _, _)| n.message_id.as_str())
+            .collect();
+        let ids: Vec<&str> = ids.into_iter().collect();
+        let mut states = HashMap::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let found: Vec<DeliveryState> = self
+                .deliveries
+                .clone_with_type::<DeliveryState>()
+                .find(doc! { "message_id": { "$in": chunk } })
+                .projection(doc! { "_id": 0, "message_id": 1, "ua": 1, "status": 1 })
+                .await?
+                .try_collect()
+                .await?;
+            states.extend(found.into_iter().map(|d| ((d.message_id, d.ua), d.status)));
+        }
+        Ok(states)
+    }
+
+    /// How many outstanding deliveries, of notifications not expired, each UA has that a
+    /// routing with a quota may give a new delivery: one aggregate on the index on `ua` and
+    /// `status` (per `$in` chunk). Replaced ones are left out by their state.
+    async fn owed(
+        &self,
+        routes: &[(&Notification, &[UaId], EpochSecs, Option<u64>)],
+        existing: &HashMap<(MessageId, UaId), DeliveryStatus>,
+    ) -> mongodb::error::Result<HashMap<UaId, u64>> {
+        let mut uas: BTreeSet<&UaId> = BTreeSet::new();
+        let mut now: Option<EpochSecs> = None;
+        for (n, route_uas, at, max) in routes {
+            if max.is_none() {
+                continue;
+            }
+            for ua in *route_uas {
+                if !existing.contains_key(&(n.message_id.clone(), ua.clone())) {
+                    uas.insert(ua);
+                }
+            }
+            // The earliest time of the batch: what expires in between still counts.
+            now = Some(now.map_or(*at, |t| t.min(*at)));
+        }
+        let Some(now) = now else {
+            return Ok(HashMap::new());
+        };
+        let uas: Vec<&str> = uas.into_iter().map(UaId::as_str).collect();
+        let mut owed = HashMap::new();
+        for chunk in uas.chunks(IN_CHUNK) {
+            let counts: Vec<Owed> = self
+                .deliveries
+                .aggregate([
+                    doc! { "$match": {
+                        "ua": { "$in": chunk },
+                        "status": outstanding_statuses(),
+                        "expire_at": { "$gt": date(now) },
+                    } },
+                    doc! { "$group": { "_id": "$ua", "owed": { "$sum": 1 } } },
+                ])
+                .with_type::<Owed>()
+                .await?
+                .try_collect()
+                .await?;
+            owed.extend(
+                counts
+                    .into_iter()
+                    .map(|c| (c.ua, u64::try_from(c.owed).unwrap_or(0))),
+            );
+        }
+        Ok(owed)
     }
 
     /// Of these notifications (at most `IN_CHUNK`), finds the ones replaced or no longer

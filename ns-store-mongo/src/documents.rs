@@ -151,6 +151,10 @@ pub(crate) struct DeliveryDoc {
     #[serde(rename = "_id")]
     pub(crate) key: String,
     pub(crate) message_id: MessageId,
+    /// The notification's: what an app is still owed is counted on these. Absent from
+    /// deliveries written before the quota, which then do not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) app_token: Option<AppToken>,
     pub(crate) ua: UaId,
     pub(crate) status: DeliveryStatus,
     pub(crate) at: EpochSecs,
@@ -203,6 +207,22 @@ pub(crate) struct DeliveryRef {
     #[serde(rename = "_id")]
     pub(crate) key: String,
     pub(crate) message_id: MessageId,
+}
+
+/// A delivery's state, all that routing needs to leave it as it is.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeliveryState {
+    pub(crate) message_id: MessageId,
+    pub(crate) ua: UaId,
+    pub(crate) status: DeliveryStatus,
+}
+
+/// How many outstanding deliveries a UA has.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Owed {
+    #[serde(rename = "_id")]
+    pub(crate) ua: UaId,
+    pub(crate) owed: i64,
 }
 
 /// How many deliveries a notification still has.

@@ -30,10 +30,10 @@ use common::model::{App, AppToken, EpochSecs, Live, MessageId, UaId, UaRoute};
 use common::notification::Notification;
 use common::purge::Retention;
 use futures::TryStreamExt;
-use mongodb::bson::doc;
+use mongodb::bson::{doc, Document};
 use mongodb::options::{ClientOptions, ReturnDocument};
 use mongodb::Client;
-use ns_store::{Store, StoreError, StoreResult};
+use ns_store::{Added, Store, StoreError, StoreResult};
 
 use collections::{db_err, is_duplicate, Collections, NotificationWrite, Recorded};
 use documents::*;
@@ -61,7 +61,7 @@ const DELIVERY_BATCH: usize = 2048;
 #[derive(Clone, Debug)]
 pub struct MongoStore {
     c: Collections,
-    notification_writer: Writer<NotificationWrite, bool>,
+    notification_writer: Writer<NotificationWrite, Added>,
     delivery_writer: Writer<Recorded, ()>,
 }
 
@@ -84,7 +84,7 @@ impl MongoStore {
             };
             (d.ua, record)
         });
-        Ok(StatusReport::assemble(&n, rows, now))
+        Ok(StatusReport::assemble(&n.head(), rows, now))
     }
 
     /// Connects to `url`, uses database `db` and creates the indexes the queries rely on.
@@ -297,17 +297,61 @@ impl Store for MongoStore {
             .map(|_| ())
     }
 
+    async fn pending_for_app(&self, app_token: &AppToken, now: EpochSecs) -> StoreResult<u64> {
+        // Not routed yet: on the index on `app_token`, `routed`, `replaced` and `expires_at`,
+        // equalities first for a server that plans on one clause (SecantusDB).
+        let filter = with(
+            doc! { "app_token": app_token.as_str() },
+            &with(needs_routing(), &unexpired(now)),
+        );
+        let unrouted = self
+            .c
+            .notifications
+            .count_documents(filter)
+            .await
+            .map_err(db_err)?;
+        // Routed and owed to some UA: its distinct notifications among the app's outstanding
+        // deliveries, on the index on `app_token`, `status` and `expire_at`. A replaced
+        // notification's deliveries are replaced too, so not outstanding.
+        let owed: Vec<Document> = self
+            .c
+            .deliveries
+            .aggregate([
+                doc! { "$match": {
+                    "app_token": app_token.as_str(),
+                    "status": outstanding_statuses(),
+                    "expire_at": { "$gt": date(now) },
+                } },
+                doc! { "$group": { "_id": "$message_id" } },
+                doc! { "$group": { "_id": null, "n": { "$sum": 1 } } },
+            ])
+            .await
+            .map_err(db_err)?
+            .try_collect()
+            .await
+            .map_err(db_err)?;
+        let owed = owed
+            .first()
+            .and_then(|d| d.get("n"))
+            .and_then(|n| n.as_i32().map(i64::from).or_else(|| n.as_i64()))
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
+        Ok(unrouted + owed)
+    }
+
     async fn add_deliveries(
         &self,
         n: &Notification,
         uas: &[UaId],
         now: EpochSecs,
-    ) -> StoreResult<bool> {
+        max_pending: Option<u64>,
+    ) -> StoreResult<Added> {
         self.notification_writer
             .write(NotificationWrite::Route {
                 n: n.clone(),
                 uas: uas.to_vec(),
                 now,
+                max_pending,
             })
             .await
     }

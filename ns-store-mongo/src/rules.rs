@@ -169,6 +169,60 @@ pub(crate) fn replacements(
     out
 }
 
+/// One routing of a batch, as far as choosing its deliveries goes: the notification, its
+/// UAs, and the quota of outstanding deliveries per UA, if any.
+pub(crate) type Routing<'a> = (&'a MessageId, &'a [UaId], Option<u64>);
+
+/// What one routing of a batch creates and answers: the deliveries to insert with their
+/// state, and the UAs whose delivery is `rejected` (not to be routed to).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Chosen {
+    pub(crate) create: Vec<(UaId, DeliveryStatus)>,
+    pub(crate) refused: Vec<UaId>,
+}
+
+/// Chooses the deliveries of a batch of routings, in order, as [`Store::add_deliveries`]
+/// says: a UA with a delivery of the notification already (`existing`, or made by a routing
+/// before in the batch) keeps it, and is refused when it is `rejected`; any other UA gets a
+/// `pending` delivery, or a `rejected` one when its routing has a quota and the UA is owed
+/// that many: `owed` (what is stored) plus the pending ones the batch made before.
+///
+/// [`Store::add_deliveries`]: ns_store::Store::add_deliveries
+pub(crate) fn choose_deliveries(
+    routings: &[Routing<'_>],
+    existing: &HashMap<(MessageId, UaId), DeliveryStatus>,
+    owed: &HashMap<UaId, u64>,
+) -> Vec<Chosen> {
+    let mut made: HashMap<(MessageId, UaId), DeliveryStatus> = HashMap::new();
+    let mut owed = owed.clone();
+    routings
+        .iter()
+        .map(|&(message_id, uas, max_pending)| {
+            let mut chosen = Chosen::default();
+            for ua in uas {
+                let key = (message_id.clone(), ua.clone());
+                if let Some(status) = existing.get(&key).or_else(|| made.get(&key)) {
+                    if *status == DeliveryStatus::Rejected {
+                        chosen.refused.push(ua.clone());
+                    }
+                    continue;
+                }
+                let count = owed.entry(ua.clone()).or_default();
+                let status = if max_pending.is_some_and(|max| *count >= max) {
+                    chosen.refused.push(ua.clone());
+                    DeliveryStatus::Rejected
+                } else {
+                    *count += 1;
+                    DeliveryStatus::Pending
+                };
+                made.insert(key, status);
+                chosen.create.push((ua.clone(), status));
+            }
+            chosen
+        })
+        .collect()
+}
+
 /// Splits a page of notifications flagged for a spent check into those the purge removes
 /// ([`notification_is_spent`]) and those it keeps. `left` holds how many deliveries each has.
 pub(crate) fn split_spent(
@@ -182,7 +236,7 @@ pub(crate) fn split_spent(
         let state = d.state();
         let left = left.get(&d.message_id).copied().unwrap_or(0);
         let n = d.into_notification()?;
-        if notification_is_spent(&n, state, left, now) {
+        if notification_is_spent(&n.head(), state, left, now) {
             spent.push(n.message_id);
         } else {
             kept.push(n.message_id);
@@ -302,7 +356,7 @@ mod tests {
                 assert_eq!(matches(&needs_routing(), state), state.needs_routing());
                 assert_eq!(
                     matches(&deliverable(), state),
-                    state.is_deliverable(&unexpired, EpochSecs(0))
+                    state.is_deliverable(&unexpired.head(), EpochSecs(0))
                 );
             }
         }
@@ -364,6 +418,64 @@ mod tests {
             ]),
             "a1 is marked already; the tie on b goes to the larger message id; d1 arrived \
              after d2 was itself replaced, and is still superseded by it"
+        );
+    }
+
+    #[test]
+    fn a_batch_keeps_to_the_quota_and_to_what_exists() {
+        let (m1, m2, m3) = (
+            MessageId::new("m1"),
+            MessageId::new("m2"),
+            MessageId::new("m3"),
+        );
+        let (full, free, old) = (UaId::new("full"), UaId::new("free"), UaId::new("old"));
+        let existing = HashMap::from([
+            ((m1.clone(), old.clone()), Rejected),
+            ((m2.clone(), old.clone()), Sent),
+        ]);
+        let owed = HashMap::from([(full.clone(), 1), (old.clone(), 9)]);
+        let all = [full.clone(), free.clone(), old.clone()];
+        let chosen = choose_deliveries(
+            &[
+                (&m1, &all, Some(2)),
+                (&m2, &all, Some(2)),
+                // The first routing again (a message handled twice in one batch).
+                (&m1, &all, Some(2)),
+                (&m3, &all, None),
+            ],
+            &existing,
+            &owed,
+        );
+        assert_eq!(
+            chosen[0],
+            Chosen {
+                create: vec![(full.clone(), Pending), (free.clone(), Pending)],
+                refused: vec![old.clone()],
+            },
+            "a UA with a delivery keeps it; the others are under the quota"
+        );
+        assert_eq!(
+            chosen[1],
+            Chosen {
+                create: vec![(full.clone(), Rejected), (free.clone(), Pending)],
+                refused: vec![full.clone()],
+            },
+            "the first routing's delivery counts for the second; an existing one is never counted"
+        );
+        assert_eq!(
+            chosen[2],
+            Chosen {
+                create: Vec::new(),
+                refused: vec![old.clone()],
+            }
+        );
+        assert_eq!(
+            chosen[3],
+            Chosen {
+                create: vec![(full, Pending), (free, Pending), (old, Pending)],
+                refused: Vec::new(),
+            },
+            "no quota, no refusal"
         );
     }
 

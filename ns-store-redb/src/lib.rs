@@ -7,6 +7,10 @@
 //! fsync for many writes), and only then applies them to the in-memory indexes and answers.
 //! Memory therefore only ever holds what is on disk: a failed commit changes nothing, and
 //! its callers get an error. At open, the indexes are rebuilt from the tables.
+//!
+//! Payloads are not in memory: they are read from the file when notifications are
+//! delivered or routed, one read transaction for a batch, so that memory grows with the
+//! number of records and not with what they carry.
 
 mod mem;
 mod plan;
@@ -19,15 +23,18 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use common::delivery::{DeliveryUpdate, StatusReport};
 use common::model::{App, AppToken, EpochSecs, Live, MessageId, UaId, UaRoute};
-use common::notification::Notification;
+use common::notification::{Notification, NotificationHead};
 use common::purge::Retention;
-use ns_store::{Store, StoreError, StoreResult};
+use ns_store::{Added, Store, StoreError, StoreResult};
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 use mem::Mem;
 use plan::{Changes, Command, Outcome};
 use tables::CommitError;
+
+/// Memory redb may use to cache pages of the file, by default.
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 /// Commands committed in one transaction at most.
 const MAX_GROUP: usize = 4096;
@@ -51,6 +58,8 @@ pub struct EmbeddedStore {
 
 struct Inner {
     mem: Arc<RwLock<Mem>>,
+    /// For the payloads; every write goes through the writer thread.
+    db: Arc<Database>,
     writer: Option<mpsc::Sender<Job>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -73,17 +82,30 @@ impl Drop for Inner {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file and rebuilds the indexes from it.
+    /// Opens (or creates) the database file with redb's page cache at
+    /// [`DEFAULT_CACHE_BYTES`], and rebuilds the indexes from it.
     pub fn open(path: &Path) -> StoreResult<EmbeddedStore> {
-        let db = Database::create(path).map_err(tables::unavailable)?;
-        tables::create_all(&db)?;
-        let mem = tables::load(&db)?;
-        Self::start(mem, move |changes| tables::commit(&db, changes))
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
     }
 
-    /// The store over `mem`, with a writer thread that commits with `commit`.
+    /// Opens (or creates) the database file with a page cache of at most `cache_bytes`, and
+    /// rebuilds the indexes from it.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> StoreResult<EmbeddedStore> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(tables::unavailable)?;
+        tables::create_all(&db)?;
+        let mem = tables::load(&db)?;
+        let db = Arc::new(db);
+        let writer = db.clone();
+        Self::start(mem, db, move |changes| tables::commit(&writer, changes))
+    }
+
+    /// The store over `mem` and `db`, with a writer thread that commits with `commit`.
     fn start(
         mem: Mem,
+        db: Arc<Database>,
         commit: impl FnMut(&Changes) -> Result<(), CommitError> + Send + 'static,
     ) -> StoreResult<EmbeddedStore> {
         let mem = Arc::new(RwLock::new(mem));
@@ -98,6 +120,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 mem,
+                db,
                 writer: Some(tx),
                 thread: Mutex::new(Some(thread)),
             }),
@@ -109,6 +132,17 @@ impl EmbeddedStore {
             .mem
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The notifications of `heads`, read with their payloads off the async threads.
+    async fn with_payloads(&self, heads: Vec<NotificationHead>) -> StoreResult<Vec<Notification>> {
+        if heads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || tables::with_payloads(&db, heads))
+            .await
+            .map_err(StoreError::unavailable)?
     }
 
     /// Runs `command` through the writer; returns once its changes are committed and
@@ -233,23 +267,30 @@ impl Store for EmbeddedStore {
             .map(|_| ())
     }
 
+    async fn pending_for_app(&self, app_token: &AppToken, now: EpochSecs) -> StoreResult<u64> {
+        Ok(self.mem().pending_for_app(app_token, now))
+    }
+
     async fn add_deliveries(
         &self,
         n: &Notification,
         uas: &[UaId],
         now: EpochSecs,
-    ) -> StoreResult<bool> {
+        max_pending: Option<u64>,
+    ) -> StoreResult<Added> {
         self.run(Command::AddDeliveries(
             n.message_id.clone(),
             uas.to_vec(),
             now,
+            max_pending,
         ))
         .await?
-        .into_bool()
+        .into_added()
     }
 
     async fn unrouted(&self, now: EpochSecs, limit: usize) -> StoreResult<Vec<Notification>> {
-        Ok(self.mem().unrouted(now, limit))
+        let heads = self.mem().unrouted(now, limit);
+        self.with_payloads(heads).await
     }
 
     async fn update_deliveries(
@@ -271,7 +312,8 @@ impl Store for EmbeddedStore {
         now: EpochSecs,
         limit: usize,
     ) -> StoreResult<Vec<Notification>> {
-        Ok(self.mem().outstanding(ua, now, limit))
+        let heads = self.mem().outstanding(ua, now, limit);
+        self.with_payloads(heads).await
     }
 
     async fn status(
@@ -391,10 +433,13 @@ mod tests {
             for n in [&n, &replaced, &replacement] {
                 store.insert_notification(n, NOW).await.unwrap();
             }
-            assert!(store
-                .add_deliveries(&n, std::slice::from_ref(&ua), NOW)
-                .await
-                .unwrap());
+            assert!(
+                store
+                    .add_deliveries(&n, std::slice::from_ref(&ua), NOW, None)
+                    .await
+                    .unwrap()
+                    .routed
+            );
         }
         // Dropping the store joined its writer, so the file is free at once.
         let store = EmbeddedStore::open(&path).unwrap();
@@ -439,13 +484,16 @@ mod tests {
     async fn a_failed_commit_changes_nothing_in_memory() {
         use std::sync::atomic::{AtomicBool, Ordering};
         let failing = Arc::new(AtomicBool::new(true));
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("store.redb")).unwrap());
+        tables::create_all(&db).unwrap();
         let store = {
-            let failing = failing.clone();
-            EmbeddedStore::start(Mem::default(), move |_| {
+            let (failing, writer) = (failing.clone(), db.clone());
+            EmbeddedStore::start(Mem::default(), db, move |changes| {
                 if failing.load(Ordering::SeqCst) {
                     Err(CommitError::Database(redb::Error::DatabaseAlreadyOpen))
                 } else {
-                    Ok(())
+                    tables::commit(&writer, changes)
                 }
             })
             .unwrap()
@@ -481,12 +529,12 @@ mod tests {
         // be planned against the ones before it.
         let (a, b, c) = tokio::join!(
             store.insert_notification(&older, NOW),
-            store.add_deliveries(&older, std::slice::from_ref(&ua), NOW),
+            store.add_deliveries(&older, std::slice::from_ref(&ua), NOW, None),
             store.insert_notification(&newer, NOW),
         );
         a.unwrap();
         c.unwrap();
-        let routed = b.unwrap();
+        let routed = b.unwrap().routed;
         let report = store.status(&older.app_token, "same", NOW).await.unwrap();
         assert_eq!(report.map(|r| r.message_id), Some(newer.message_id));
         assert!(

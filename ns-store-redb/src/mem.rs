@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use common::delivery::{DeliveryRecord, StatusReport};
 use common::model::{AppToken, EpochMillis, EpochSecs, MessageId, UaId, UaRoute};
-use common::notification::Notification;
+use common::notification::NotificationHead;
 
 use crate::plan::Changes;
 use crate::tables::{NotificationRecord, UaRecord};
@@ -30,9 +30,13 @@ pub(crate) struct Mem {
     outstanding: HashMap<UaId, BTreeSet<Order>>,
     /// Notifications that still need routing, in creation order.
     unrouted: BTreeSet<Order>,
+    /// For the quotas: see the `impl Mem` block at the end.
+    pending_per_app: HashMap<AppToken, AppPending>,
+    /// How many outstanding deliveries each notification has, when it has any.
+    owed_per_notification: HashMap<MessageId, u32>,
 }
 
-fn order(n: &Notification) -> Order {
+fn order(n: &NotificationHead) -> Order {
     (n.created_at, n.message_id.clone())
 }
 
@@ -45,25 +49,30 @@ impl Mem {
         self.uas.get(ua).map(|r| r.to_route(ua))
     }
 
-    pub(crate) fn unrouted(&self, now: EpochSecs, limit: usize) -> Vec<Notification> {
+    pub(crate) fn unrouted(&self, now: EpochSecs, limit: usize) -> Vec<NotificationHead> {
         self.unrouted
             .iter()
             .filter_map(|(_, id)| self.notifications.get(id))
-            .filter(|r| r.state.needs_routing() && !r.notification.is_expired(now))
+            .filter(|r| r.state.needs_routing() && !r.head.is_expired(now))
             .take(limit)
-            .map(|r| r.notification.clone())
+            .map(|r| r.head.clone())
             .collect()
     }
 
-    pub(crate) fn outstanding(&self, ua: &UaId, now: EpochSecs, limit: usize) -> Vec<Notification> {
+    pub(crate) fn outstanding(
+        &self,
+        ua: &UaId,
+        now: EpochSecs,
+        limit: usize,
+    ) -> Vec<NotificationHead> {
         let Some(owed) = self.outstanding.get(ua) else {
             return Vec::new();
         };
         owed.iter()
             .filter_map(|(_, id)| self.notifications.get(id))
-            .filter(|r| r.state.is_deliverable(&r.notification, now))
+            .filter(|r| r.state.is_deliverable(&r.head, now))
             .take(limit)
-            .map(|r| r.notification.clone())
+            .map(|r| r.head.clone())
             .collect()
     }
 
@@ -92,18 +101,25 @@ impl Mem {
             .into_iter()
             .flatten()
             .map(|(ua, d)| (ua.clone(), *d));
-        Some(StatusReport::assemble(&record.notification, rows, now))
+        Some(StatusReport::assemble(&record.head, rows, now))
     }
 
     /// Applies committed changes. Notifications are put first and removed last, so that a
     /// delivery always finds its notification's creation time to index it by.
     pub(crate) fn apply(&mut self, changes: Changes) {
+        let touched: HashMap<MessageId, Option<Counted>> = changes
+            .notifications
+            .keys()
+            .chain(changes.deliveries.keys())
+            .map(|id| (id.clone(), self.counted(id)))
+            .collect();
         let Changes {
             uas,
             apps,
             registrations,
             notifications,
             deliveries,
+            payloads: _,
         } = changes;
         for (ua, record) in uas {
             match record {
@@ -147,16 +163,14 @@ impl Mem {
         for id in removed {
             self.remove_notification(&id);
         }
+        self.count_pending(touched);
     }
 
     fn put_notification(&mut self, record: NotificationRecord) {
-        let key = order(&record.notification);
+        let key = order(&record.head);
         let same = self
             .by_app_id
-            .entry((
-                record.notification.app_token.clone(),
-                record.notification.id.clone(),
-            ))
+            .entry((record.head.app_token.clone(), record.head.id.clone()))
             .or_default();
         if let Err(at) = same.binary_search(&key) {
             same.insert(at, key.clone());
@@ -167,14 +181,31 @@ impl Mem {
             self.unrouted.remove(&key);
         }
         self.notifications
-            .insert(record.notification.message_id.clone(), record);
+            .insert(record.head.message_id.clone(), record);
     }
 
     fn set_delivery(&mut self, id: MessageId, ua: UaId, record: Option<DeliveryRecord>) {
+        let was_owed = self
+            .deliveries
+            .get(&id)
+            .and_then(|of| of.get(&ua))
+            .is_some_and(|r| r.status.is_outstanding());
+        let owed = record.is_some_and(|r| r.status.is_outstanding());
+        if owed != was_owed {
+            let count = self.owed_per_notification.entry(id.clone()).or_default();
+            if owed {
+                *count += 1;
+            } else {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.owed_per_notification.remove(&id);
+                }
+            }
+        }
         let created_at = self
             .notifications
             .get(&id)
-            .map_or(EpochMillis(0), |r| r.notification.created_at);
+            .map_or(EpochMillis(0), |r| r.head.created_at);
         let key = (created_at, id.clone());
         if record.is_some_and(|r| r.status.is_outstanding()) {
             self.outstanding.entry(ua.clone()).or_default().insert(key);
@@ -204,7 +235,7 @@ impl Mem {
         let Some(record) = self.notifications.remove(id) else {
             return;
         };
-        let n = &record.notification;
+        let n = &record.head;
         let key = order(n);
         self.unrouted.remove(&key);
         let app_id = (n.app_token.clone(), n.id.clone());
@@ -212,6 +243,89 @@ impl Mem {
             same.retain(|k| k != &key);
             if same.is_empty() {
                 self.by_app_id.remove(&app_id);
+            }
+        }
+    }
+}
+
+// --- Quotas: the counts ns-as and the monitor check, kept beside the indexes above ---
+
+/// An app's notifications still owed ([`Mem::counted`]), by expiry: expired ones stay until
+/// the purge removes them, and are subtracted when counting.
+#[derive(Default)]
+pub(crate) struct AppPending {
+    total: u64,
+    by_expiry: BTreeMap<EpochSecs, u64>,
+}
+
+/// Where a notification counts: its app and its expiry.
+type Counted = (AppToken, EpochSecs);
+
+impl Mem {
+    /// The app's notifications still owed at `now`: stored, neither replaced nor expired, and
+    /// either not routed yet or with a delivery still outstanding. Once every UA acked (or
+    /// refused) a notification it no longer counts, though it stays for the status report.
+    pub(crate) fn pending_for_app(&self, app: &AppToken, now: EpochSecs) -> u64 {
+        let Some(pending) = self.pending_per_app.get(app) else {
+            return 0;
+        };
+        let expired: u64 = pending.by_expiry.range(..=now).map(|(_, n)| n).sum();
+        pending.total.saturating_sub(expired)
+    }
+
+    /// The UA's outstanding deliveries whose notification is deliverable at `now`, counted
+    /// exactly only up to `enough`: below it, the size of its index is returned, which also
+    /// holds expired deliveries until the purge; from it, the index is walked, so that only
+    /// a UA at its quota pays for the walk.
+    pub(crate) fn owed(&self, ua: &UaId, now: EpochSecs, enough: u64) -> u64 {
+        let Some(owed) = self.outstanding.get(ua) else {
+            return 0;
+        };
+        let bound = owed.len() as u64;
+        if bound < enough {
+            return bound;
+        }
+        owed.iter()
+            .filter_map(|(_, id)| self.notifications.get(id))
+            .filter(|r| r.state.is_deliverable(&r.head, now))
+            .take(usize::try_from(enough).unwrap_or(usize::MAX))
+            .count() as u64
+    }
+
+    /// Whether a stored notification counts toward its app's quota (expiry aside): not
+    /// replaced, and not routed yet or owed to some UA.
+    fn counted(&self, id: &MessageId) -> Option<Counted> {
+        let r = self.notifications.get(id)?;
+        let owed = !r.state.routed || self.owed_per_notification.contains_key(id);
+        (!r.state.replaced && owed).then(|| (r.head.app_token.clone(), r.head.expires_at))
+    }
+
+    /// Keeps the per-app counts: `before` holds whether each notification the changes
+    /// touched counted before they were applied.
+    fn count_pending(&mut self, before: HashMap<MessageId, Option<Counted>>) {
+        for (id, was) in before {
+            let is = self.counted(&id);
+            if was == is {
+                continue;
+            }
+            if let Some((app, expiry)) = was {
+                if let Some(pending) = self.pending_per_app.get_mut(&app) {
+                    pending.total = pending.total.saturating_sub(1);
+                    if let Some(n) = pending.by_expiry.get_mut(&expiry) {
+                        *n -= 1;
+                        if *n == 0 {
+                            pending.by_expiry.remove(&expiry);
+                        }
+                    }
+                    if pending.total == 0 {
+                        self.pending_per_app.remove(&app);
+                    }
+                }
+            }
+            if let Some((app, expiry)) = is {
+                let pending = self.pending_per_app.entry(app).or_default();
+                pending.total += 1;
+                *pending.by_expiry.entry(expiry).or_default() += 1;
             }
         }
     }

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use common::delivery::{DeliveryRecord, DeliveryStatus, DeliveryUpdate};
 use common::model::{App, AppToken, EpochSecs, Live, MessageId, UaId, UaRoute};
-use common::notification::{superseded, Notification, NotificationState, Recency};
+use common::notification::{superseded, Notification, NotificationState, Payload, Recency};
 use common::purge::{notification_is_spent, Retention};
-use ns_store::{StoreError, StoreResult};
+use ns_store::{Added, StoreError, StoreResult};
 
 use crate::mem::Mem;
 use crate::tables::{NotificationRecord, UaRecord};
@@ -22,7 +22,8 @@ pub(crate) enum Command {
     RegisterWa(UaId, AppToken),
     UnregisterWa(UaId, AppToken),
     InsertNotification(Notification, EpochSecs),
-    AddDeliveries(MessageId, Vec<UaId>, EpochSecs),
+    /// With the quota of outstanding deliveries per UA, if any.
+    AddDeliveries(MessageId, Vec<UaId>, EpochSecs, Option<u64>),
     UpdateDeliveries(Vec<DeliveryUpdate>, EpochSecs),
     Withdraw(MessageId, EpochSecs),
     /// One chunk of the purge: up to `limit` notifications after `after`.
@@ -41,6 +42,7 @@ pub(crate) enum Outcome {
     Previous(Option<UaRoute>),
     Bool(bool),
     Count(u64),
+    Added(Added),
     /// Records removed, and the last notification looked at (`None`: the walk is over).
     Purged(u64, Option<MessageId>),
 }
@@ -69,6 +71,13 @@ impl Outcome {
         }
     }
 
+    pub(crate) fn into_added(self) -> StoreResult<Added> {
+        match self {
+            Outcome::Added(a) => Ok(a),
+            _ => Err(Self::wrong()),
+        }
+    }
+
     pub(crate) fn into_count(self) -> StoreResult<u64> {
         match self {
             Outcome::Count(n) => Ok(n),
@@ -93,6 +102,8 @@ pub(crate) struct Changes {
     pub(crate) apps: HashMap<AppToken, Option<String>>,
     pub(crate) registrations: HashMap<(AppToken, UaId), bool>,
     pub(crate) notifications: HashMap<MessageId, Option<NotificationRecord>>,
+    /// The payloads of the notifications inserted; a payload goes with its notification.
+    pub(crate) payloads: HashMap<MessageId, Payload>,
     /// By notification, then UA.
     pub(crate) deliveries: HashMap<MessageId, HashMap<UaId, Option<DeliveryRecord>>>,
 }
@@ -110,6 +121,7 @@ impl Changes {
             && self.apps.is_empty()
             && self.registrations.is_empty()
             && self.notifications.is_empty()
+            && self.payloads.is_empty()
             && self.deliveries.is_empty()
     }
 }
@@ -121,6 +133,7 @@ pub(crate) fn plan_group(mem: &Mem, commands: Vec<Command>) -> (Vec<Outcome>, Ch
         mem,
         changes: Changes::default(),
         inserted: HashMap::new(),
+        owed_in_group: HashMap::new(),
     };
     let outcomes = commands
         .into_iter()
@@ -135,6 +148,9 @@ struct View<'a> {
     changes: Changes,
     /// The notifications the group inserts, by app and AS id.
     inserted: HashMap<(AppToken, String), Vec<MessageId>>,
+    /// The pending deliveries the group's routings made so far, by UA: what a quota is
+    /// checked against beside the committed ones.
+    owed_in_group: HashMap<UaId, u64>,
 }
 
 impl View<'_> {
@@ -209,7 +225,7 @@ impl View<'_> {
         // Removed ones (by a purge earlier in the group) are not found.
         ids.into_iter()
             .filter_map(|id| self.notification(&id))
-            .map(|r| (r.notification.recency(), r.notification.message_id))
+            .map(|r| (r.head.recency(), r.head.message_id))
             .collect()
     }
 
@@ -251,8 +267,8 @@ impl View<'_> {
                 self.insert_notification(n, now);
                 Outcome::Done
             }
-            Command::AddDeliveries(id, uas, now) => {
-                Outcome::Bool(self.add_deliveries(&id, uas, now))
+            Command::AddDeliveries(id, uas, now, max_pending) => {
+                Outcome::Added(self.add_deliveries(&id, uas, now, max_pending))
             }
             Command::UpdateDeliveries(updates, now) => {
                 let mut changed = 0;
@@ -310,10 +326,14 @@ impl View<'_> {
             .entry((n.app_token.clone(), n.id.clone()))
             .or_default()
             .push(n.message_id.clone());
+        let (head, payload) = n.split();
+        self.changes
+            .payloads
+            .insert(head.message_id.clone(), payload);
         self.changes.notifications.insert(
-            n.message_id.clone(),
+            head.message_id.clone(),
             Some(NotificationRecord {
-                notification: n,
+                head,
                 state: NotificationState::default(),
             }),
         );
@@ -322,27 +342,59 @@ impl View<'_> {
         }
     }
 
-    fn add_deliveries(&mut self, id: &MessageId, uas: Vec<UaId>, now: EpochSecs) -> bool {
+    fn add_deliveries(
+        &mut self,
+        id: &MessageId,
+        uas: Vec<UaId>,
+        now: EpochSecs,
+        max_pending: Option<u64>,
+    ) -> Added {
         let Some(mut record) = self.notification(id) else {
-            return false;
+            return Added::default();
         };
         if record.state.replaced {
-            return false;
+            return Added::default();
         }
         if !record.state.routed {
             record.state.routed = true;
             self.changes.notifications.insert(id.clone(), Some(record));
         }
+        let mut refused = Vec::new();
         for ua in uas {
-            if self.delivery(id, &ua).is_none() {
-                let pending = DeliveryRecord {
-                    status: DeliveryStatus::Pending,
-                    at: now,
-                };
-                self.changes.set_delivery(id, ua, Some(pending));
+            match self.delivery(id, &ua) {
+                Some(existing) => {
+                    if existing.status == DeliveryStatus::Rejected {
+                        refused.push(ua);
+                    }
+                }
+                None => {
+                    let status = if max_pending.is_some_and(|max| self.at_quota(&ua, now, max)) {
+                        refused.push(ua.clone());
+                        DeliveryStatus::Rejected
+                    } else {
+                        *self.owed_in_group.entry(ua.clone()).or_default() += 1;
+                        DeliveryStatus::Pending
+                    };
+                    let record = DeliveryRecord { status, at: now };
+                    self.changes.set_delivery(id, ua, Some(record));
+                }
             }
         }
-        true
+        Added {
+            routed: true,
+            refused,
+        }
+    }
+
+    /// Whether the UA is owed `max` deliveries at `now`: the committed ones, plus those the
+    /// group's routings made. (Other changes of the group, an ack say, count from the next
+    /// group on.)
+    fn at_quota(&self, ua: &UaId, now: EpochSecs, max: u64) -> bool {
+        let in_group = self.owed_in_group.get(ua).copied().unwrap_or(0);
+        if in_group >= max {
+            return true;
+        }
+        in_group + self.mem.owed(ua, now, max - in_group) >= max
     }
 
     fn purge(
@@ -378,7 +430,7 @@ impl View<'_> {
                     left.push(ua);
                 }
             }
-            if notification_is_spent(&record.notification, record.state, left.len(), now) {
+            if notification_is_spent(&record.head, record.state, left.len(), now) {
                 self.changes.notifications.insert(id.clone(), None);
                 removed += 1;
                 for ua in left {

@@ -22,7 +22,7 @@ use common::notification::{ContentEncoding, Notification, Payload, PushMessage};
 use common::purge::Retention;
 use futures::FutureExt;
 
-use crate::Store;
+use crate::{Added, Store};
 
 /// A store to run one behaviour against, and how to clean up after it.
 #[async_trait]
@@ -66,6 +66,10 @@ macro_rules! conformance_tests {
             ua_registrations_counts_each_app_once,
             add_deliveries_is_idempotent,
             add_deliveries_needs_a_stored_notification,
+            pending_for_app_counts_live_notifications,
+            add_deliveries_refuses_uas_at_their_quota,
+            quota_leaves_out_replaced_and_expired_deliveries,
+            concurrent_routings_keep_to_the_quota,
             insert_notification_replaces_older,
             outstanding_order_filter_and_limit,
             update_deliveries_rules,
@@ -185,10 +189,13 @@ async fn stored_and_routed(store: &dyn Store, n: &Notification, uas: &[UaId], no
         .insert_notification(n, now)
         .await
         .expect("insert_notification");
-    assert!(store
-        .add_deliveries(n, uas, now)
-        .await
-        .expect("add_deliveries"));
+    assert!(
+        store
+            .add_deliveries(n, uas, now, None)
+            .await
+            .expect("add_deliveries")
+            .routed
+    );
 }
 
 async fn report(store: &dyn Store, n: &Notification, now: EpochSecs) -> StatusReport {
@@ -425,20 +432,26 @@ pub async fn add_deliveries_is_idempotent(store: &dyn Store) {
         .await
         .expect("insert_notification twice");
 
-    assert!(store
-        .add_deliveries(&n, &[a.clone(), b.clone()], now)
-        .await
-        .expect("add_deliveries"));
+    assert!(
+        store
+            .add_deliveries(&n, &[a.clone(), b.clone()], now, None)
+            .await
+            .expect("add_deliveries")
+            .routed
+    );
     let changed = store
         .update_deliveries(&[update(&n, &a, DeliveryStatus::Sent)], now)
         .await
         .expect("update_deliveries");
     assert_eq!(changed, 1);
 
-    assert!(store
-        .add_deliveries(&n, &[a.clone(), b.clone(), c.clone()], now)
-        .await
-        .expect("add_deliveries again"));
+    assert!(
+        store
+            .add_deliveries(&n, &[a.clone(), b.clone(), c.clone()], now, None)
+            .await
+            .expect("add_deliveries again")
+            .routed
+    );
     let report = report(store, &n, now).await;
     assert_eq!(report.message_id, n.message_id);
     assert_eq!(report.id, n.id);
@@ -458,9 +471,10 @@ pub async fn add_deliveries_needs_a_stored_notification(store: &dyn Store) {
     let ua = new_ua();
     let n = notification(&new_app(), &uid(), 3600, now, millis());
     let routed = store
-        .add_deliveries(&n, std::slice::from_ref(&ua), now)
+        .add_deliveries(&n, std::slice::from_ref(&ua), now, None)
         .await
-        .expect("add_deliveries");
+        .expect("add_deliveries")
+        .routed;
     assert!(!routed, "a notification that isn't stored can't be routed");
     let out = store.outstanding(&ua, now, 100).await.expect("outstanding");
     assert!(out.is_empty(), "nothing was created");
@@ -506,16 +520,18 @@ pub async fn insert_notification_replaces_older(store: &dyn Store) {
         .expect("insert_notification");
     assert!(
         store
-            .add_deliveries(&elsewhere, &[new_ua()], now)
+            .add_deliveries(&elsewhere, &[new_ua()], now, None)
             .await
-            .expect("add_deliveries"),
+            .expect("add_deliveries")
+            .routed,
         "the same AS id in another app is another notification"
     );
 
     let routed = store
-        .add_deliveries(&old, std::slice::from_ref(&d), now)
+        .add_deliveries(&old, std::slice::from_ref(&d), now, None)
         .await
-        .expect("add_deliveries");
+        .expect("add_deliveries")
+        .routed;
     assert!(!routed, "a replaced notification must not be routed");
 
     let newest = report(store, &new, now).await;
@@ -542,10 +558,13 @@ pub async fn insert_notification_replaces_older(store: &dyn Store) {
         "others stay outstanding"
     );
 
-    assert!(store
-        .add_deliveries(&new, &[a.clone(), b.clone()], now)
-        .await
-        .expect("add_deliveries"));
+    assert!(
+        store
+            .add_deliveries(&new, &[a.clone(), b.clone()], now, None)
+            .await
+            .expect("add_deliveries")
+            .routed
+    );
     let out = store.outstanding(&b, now, 100).await.expect("outstanding");
     assert_eq!(ids(&out), vec![&new.message_id]);
 
@@ -789,18 +808,24 @@ pub async fn unrouted_lists_notifications_not_routed(store: &dyn Store) {
     );
 
     // Routing to nobody still counts as routed.
-    assert!(store
-        .add_deliveries(&earlier, &[], now)
-        .await
-        .expect("add_deliveries"));
+    assert!(
+        store
+            .add_deliveries(&earlier, &[], now, None)
+            .await
+            .expect("add_deliveries")
+            .routed
+    );
     let unrouted = store.unrouted(now, 10_000).await.expect("unrouted");
     assert!(!ids(&unrouted).contains(&&earlier.message_id));
     assert!(ids(&unrouted).contains(&&later_one.message_id));
 
-    assert!(store
-        .add_deliveries(&later_one, &[new_ua()], now)
-        .await
-        .expect("add_deliveries"));
+    assert!(
+        store
+            .add_deliveries(&later_one, &[new_ua()], now, None)
+            .await
+            .expect("add_deliveries")
+            .routed
+    );
     let unrouted = store.unrouted(now, 10_000).await.expect("unrouted");
     assert!(!ids(&unrouted).contains(&&later_one.message_id));
 }
@@ -856,10 +881,13 @@ pub async fn status_reports_deliveries(store: &dyn Store) {
         None,
         "another AS id of the same app has no report"
     );
-    assert!(store
-        .add_deliveries(&n, &[a.clone(), b.clone(), c.clone()], now)
-        .await
-        .expect("add_deliveries"));
+    assert!(
+        store
+            .add_deliveries(&n, &[a.clone(), b.clone(), c.clone()], now, None)
+            .await
+            .expect("add_deliveries")
+            .routed
+    );
     store
         .update_deliveries(
             &[
@@ -966,10 +994,13 @@ pub async fn withdraw_stops_routing_and_delivery(store: &dyn Store) {
         !ids(&store.unrouted(now, 1000).await.expect("unrouted")).contains(&&unrouted.message_id),
         "a withdrawn notification is not routed"
     );
-    assert!(!store
-        .add_deliveries(&unrouted, std::slice::from_ref(&b), now)
-        .await
-        .expect("add_deliveries"));
+    assert!(
+        !store
+            .add_deliveries(&unrouted, std::slice::from_ref(&b), now, None)
+            .await
+            .expect("add_deliveries")
+            .routed
+    );
     assert!(store
         .outstanding(&b, now, 10)
         .await
@@ -1156,4 +1187,362 @@ pub async fn purge_removes_routed_notifications_with_nothing_left(store: &dyn St
     assert_eq!(ids(&out), vec![&owed.message_id]);
     let unrouted = store.unrouted(now, 10_000).await.expect("unrouted");
     assert!(ids(&unrouted).contains(&&on_its_way.message_id));
+}
+
+async fn pending_for_app(store: &dyn Store, app: &AppToken, now: EpochSecs) -> u64 {
+    store
+        .pending_for_app(app, now)
+        .await
+        .expect("pending_for_app")
+}
+
+pub async fn pending_for_app_counts_live_notifications(store: &dyn Store) {
+    let now = now();
+    let (app, other) = (new_app(), new_app());
+    assert_eq!(pending_for_app(store, &app, now).await, 0);
+    let start = millis();
+    let short = notification(&app, "short", 60, now, start);
+    let long = notification(&app, "long", 3600, now, later(start, 1));
+    let first = notification(&app, "same", 3600, now, later(start, 2));
+    for n in [&short, &long, &first] {
+        store
+            .insert_notification(n, now)
+            .await
+            .expect("insert_notification");
+    }
+    assert_eq!(pending_for_app(store, &app, now).await, 3);
+    // A broker message handled twice stores the notification once.
+    store
+        .insert_notification(&first, now)
+        .await
+        .expect("insert_notification twice");
+    assert_eq!(pending_for_app(store, &app, now).await, 3);
+
+    // Routed, it counts while some UA is owed it.
+    let (ua, other_ua) = (new_ua(), new_ua());
+    let both = [ua.clone(), other_ua.clone()];
+    assert!(
+        store
+            .add_deliveries(&long, &both, now, None)
+            .await
+            .expect("add_deliveries")
+            .routed
+    );
+    let acked = |ua: &UaId| update(&long, ua, DeliveryStatus::Acked);
+    let sent = update(&long, &other_ua, DeliveryStatus::Sent);
+    store
+        .update_deliveries(&[acked(&ua), sent], now)
+        .await
+        .expect("update_deliveries");
+    assert_eq!(
+        pending_for_app(store, &app, now).await,
+        3,
+        "still owed to one"
+    );
+    store
+        .update_deliveries(&[acked(&other_ua)], now)
+        .await
+        .expect("update_deliveries");
+    assert_eq!(
+        pending_for_app(store, &app, now).await,
+        2,
+        "acked by every UA it went to, it is owed to nobody"
+    );
+
+    let replacement = notification(&app, "same", 3600, now, later(start, 3));
+    store
+        .insert_notification(&replacement, now)
+        .await
+        .expect("insert_notification");
+    assert_eq!(
+        pending_for_app(store, &app, now).await,
+        2,
+        "a replaced notification no longer counts"
+    );
+    let withdrawn = notification(&app, "withdrawn", 3600, now, later(start, 3));
+    let to_nobody = notification(&app, "to-nobody", 3600, now, later(start, 3));
+    for n in [&withdrawn, &to_nobody] {
+        store
+            .insert_notification(n, now)
+            .await
+            .expect("insert_notification");
+    }
+    assert_eq!(pending_for_app(store, &app, now).await, 4);
+    assert!(store
+        .withdraw(&withdrawn.message_id, now)
+        .await
+        .expect("withdraw"));
+    assert_eq!(
+        pending_for_app(store, &app, now).await,
+        3,
+        "a withdrawn one neither"
+    );
+    assert!(
+        store
+            .add_deliveries(&to_nobody, &[], now, None)
+            .await
+            .expect("add_deliveries")
+            .routed
+    );
+    assert_eq!(
+        pending_for_app(store, &app, now).await,
+        2,
+        "nor one routed to no UA"
+    );
+    assert_eq!(
+        pending_for_app(store, &app, now.plus(60)).await,
+        1,
+        "nor an expired one"
+    );
+
+    let elsewhere = notification(&other, "same", 3600, now, later(start, 4));
+    store
+        .insert_notification(&elsewhere, now)
+        .await
+        .expect("insert_notification");
+    assert_eq!(pending_for_app(store, &other, now).await, 1);
+    assert_eq!(
+        pending_for_app(store, &app, now).await,
+        2,
+        "each app counts its own"
+    );
+
+    store
+        .purge(now.plus(60), Retention { acked_secs: 3600 })
+        .await
+        .expect("purge");
+    assert_eq!(pending_for_app(store, &app, now.plus(60)).await, 1);
+    assert_eq!(
+        pending_for_app(store, &app, now).await,
+        1,
+        "the purge took the expired one"
+    );
+}
+
+/// Routes `n` to `uas` with a quota; the notification must be routed.
+async fn routed_with_quota(
+    store: &dyn Store,
+    n: &Notification,
+    uas: &[UaId],
+    now: EpochSecs,
+    max: Option<u64>,
+) -> Vec<UaId> {
+    let added = store
+        .add_deliveries(n, uas, now, max)
+        .await
+        .expect("add_deliveries");
+    assert!(added.routed, "a stored notification is routed");
+    added.refused
+}
+
+pub async fn add_deliveries_refuses_uas_at_their_quota(store: &dyn Store) {
+    let now = now();
+    let (full, free) = (new_ua(), new_ua());
+    let app = new_app();
+    let start = millis();
+    let ns: Vec<Notification> = (0..5)
+        .map(|i| notification(&app, &uid(), 3600, now, later(start, i)))
+        .collect();
+    for n in &ns {
+        store
+            .insert_notification(n, now)
+            .await
+            .expect("insert_notification");
+    }
+    let quota = Some(2);
+    for n in &ns[..2] {
+        let added = store
+            .add_deliveries(n, std::slice::from_ref(&full), now, quota)
+            .await
+            .expect("add_deliveries");
+        assert_eq!(added, Added::to_all(), "under the quota");
+    }
+    let both = [full.clone(), free.clone()];
+    let refused = routed_with_quota(store, &ns[2], &both, now, quota).await;
+    assert_eq!(
+        refused,
+        vec![full.clone()],
+        "only the UA at its quota is refused"
+    );
+    assert_eq!(
+        statuses(&report(store, &ns[2], now).await),
+        sorted(vec![
+            (full.clone(), DeliveryStatus::Rejected),
+            (free.clone(), DeliveryStatus::Pending),
+        ]),
+        "the refused delivery is rejected at once, the other one pending"
+    );
+    let out = store
+        .outstanding(&full, now, 100)
+        .await
+        .expect("outstanding");
+    assert_eq!(ids(&out), vec![&ns[0].message_id, &ns[1].message_id]);
+
+    // A message handled twice gets the same answer, whatever the UA has now: an accepted
+    // delivery stays accepted though the UA is at its quota, a refused one stays refused.
+    let refused = routed_with_quota(store, &ns[2], &both, now, quota).await;
+    assert_eq!(refused, vec![full.clone()]);
+    let refused = routed_with_quota(store, &ns[0], std::slice::from_ref(&full), now, quota).await;
+    assert!(
+        refused.is_empty(),
+        "accepted the first time, accepted again"
+    );
+    let refused = routed_with_quota(store, &ns[2], &both, now, None).await;
+    assert_eq!(
+        refused,
+        vec![full.clone()],
+        "rejected is settled, quota or not"
+    );
+    assert_eq!(
+        statuses(&report(store, &ns[0], now).await),
+        vec![(full.clone(), DeliveryStatus::Pending)]
+    );
+
+    // A sent delivery is still owed; an acked one no longer.
+    store
+        .update_deliveries(&[update(&ns[0], &full, DeliveryStatus::Sent)], now)
+        .await
+        .expect("update_deliveries");
+    let refused = routed_with_quota(store, &ns[3], std::slice::from_ref(&full), now, quota).await;
+    assert_eq!(refused, vec![full.clone()], "sent is still outstanding");
+    store
+        .update_deliveries(&[update(&ns[0], &full, DeliveryStatus::Acked)], now)
+        .await
+        .expect("update_deliveries");
+    let refused = routed_with_quota(store, &ns[4], std::slice::from_ref(&full), now, quota).await;
+    assert!(refused.is_empty(), "an ack makes room");
+    let out = store
+        .outstanding(&full, now, 100)
+        .await
+        .expect("outstanding");
+    assert_eq!(ids(&out), vec![&ns[1].message_id, &ns[4].message_id]);
+
+    // Without a quota, nothing is refused.
+    let more = notification(&app, &uid(), 3600, now, later(start, 10));
+    store
+        .insert_notification(&more, now)
+        .await
+        .expect("insert_notification");
+    let refused = routed_with_quota(store, &more, &both, now, None).await;
+    assert!(refused.is_empty());
+
+    // A replaced notification is not routed, quota or not, and gets no delivery at all.
+    let old = notification(&app, "same", 3600, now, later(start, 11));
+    let new = notification(&app, "same", 3600, now, later(start, 12));
+    for n in [&old, &new] {
+        store
+            .insert_notification(n, now)
+            .await
+            .expect("insert_notification");
+    }
+    let added = store
+        .add_deliveries(&old, std::slice::from_ref(&full), now, Some(1))
+        .await
+        .expect("add_deliveries");
+    assert!(!added.routed);
+    let report_old = store
+        .report(&old.message_id, now)
+        .await
+        .expect("report")
+        .expect("a report");
+    assert!(report_old.deliveries.is_empty(), "{report_old:?}");
+}
+
+pub async fn quota_leaves_out_replaced_and_expired_deliveries(store: &dyn Store) {
+    let now = now();
+    let app = new_app();
+    let start = millis();
+    let quota = Some(1);
+
+    // Expired: owed no more once its notification expired, purged or not.
+    let ua = new_ua();
+    let short = notification(&app, &uid(), 60, now, start);
+    let long = notification(&app, &uid(), 3600, now, later(start, 1));
+    let next = notification(&app, &uid(), 3600, now, later(start, 2));
+    for n in [&short, &long, &next] {
+        store
+            .insert_notification(n, now)
+            .await
+            .expect("insert_notification");
+    }
+    let one = std::slice::from_ref(&ua);
+    assert!(routed_with_quota(store, &short, one, now, quota)
+        .await
+        .is_empty());
+    assert_eq!(
+        routed_with_quota(store, &long, one, now, quota).await,
+        vec![ua.clone()],
+        "at its quota while the first is owed"
+    );
+    assert!(
+        routed_with_quota(store, &next, one, now.plus(60), quota)
+            .await
+            .is_empty(),
+        "the expired one no longer counts"
+    );
+
+    // Replaced: its delivery is no longer owed either.
+    let ua = new_ua();
+    let one = std::slice::from_ref(&ua);
+    let old = notification(&app, "same", 3600, now, later(start, 3));
+    let new = notification(&app, "same", 3600, now, later(start, 4));
+    stored_and_routed(store, &old, one, now).await;
+    store
+        .insert_notification(&new, now)
+        .await
+        .expect("insert_notification");
+    assert!(
+        routed_with_quota(store, &new, one, now, quota)
+            .await
+            .is_empty(),
+        "the replaced one no longer counts"
+    );
+    assert_eq!(
+        report(store, &new, now).await.deliveries[0].status,
+        DeliveryStatus::Pending
+    );
+}
+
+pub async fn concurrent_routings_keep_to_the_quota(store: &dyn Store) {
+    let now = now();
+    let (ua, other) = (new_ua(), new_ua());
+    let app = new_app();
+    let start = millis();
+    let ns: Vec<Notification> = (0..8)
+        .map(|i| notification(&app, &uid(), 3600, now, later(start, i)))
+        .collect();
+    for n in &ns {
+        store
+            .insert_notification(n, now)
+            .await
+            .expect("insert_notification");
+    }
+    let uas = [ua.clone(), other.clone()];
+    // Issued together, so that a store that groups writes is likely to take them in one go.
+    let routings = ns
+        .iter()
+        .map(|n| store.add_deliveries(n, &uas, now, Some(5)));
+    let results = futures::future::join_all(routings).await;
+    let mut refused = (0, 0);
+    for added in results {
+        let added = added.expect("add_deliveries");
+        assert!(added.routed);
+        refused.0 += usize::from(added.refused.contains(&ua));
+        refused.1 += usize::from(added.refused.contains(&other));
+    }
+    assert_eq!(
+        refused,
+        (3, 3),
+        "five of eight accepted for each UA, whatever the grouping"
+    );
+    let owed = store.outstanding(&ua, now, 100).await.expect("outstanding");
+    assert_eq!(owed.len(), 5);
+    assert_eq!(
+        store
+            .outstanding(&other, now, 100)
+            .await
+            .expect("outstanding")
+            .len(),
+        5
+    );
 }

@@ -46,6 +46,27 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// What [`Store::add_deliveries`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Added {
+    /// False when the notification is no longer stored or was replaced: nothing was created,
+    /// and it must not be routed.
+    pub routed: bool,
+    /// The UAs whose delivery is `rejected`, given now because they are at the quota of
+    /// outstanding deliveries, or found so (a message handled twice): not to be routed to.
+    pub refused: Vec<UaId>,
+}
+
+impl Added {
+    /// Routed, to every UA.
+    pub fn to_all() -> Added {
+        Added {
+            routed: true,
+            refused: Vec::new(),
+        }
+    }
+}
+
 /// What every implementation keeps: UAs and where they are connected, WA registrations,
 /// notifications and their per-UA delivery states.
 ///
@@ -97,15 +118,34 @@ pub trait Store: Send + Sync + 'static {
     /// [`DeliveryStatus::can_become`]: common::delivery::DeliveryStatus::can_become
     async fn insert_notification(&self, n: &Notification, now: EpochSecs) -> StoreResult<()>;
 
-    /// Creates `pending` deliveries of `n` for these UAs at `now`, leaving existing ones as
-    /// they are, and marks the notification routed. Returns false, and creates nothing, when
-    /// the notification is no longer stored or was replaced: it must not be routed then.
+    /// How many of the app's notifications are still owed at `now`: stored, neither replaced
+    /// nor expired, and either not routed yet or with a delivery still outstanding (pending
+    /// or sent). What ns-as holds against `--max-pending-per-app`; a notification every UA
+    /// acked no longer counts, though it stays for the status report. Asked on the hot path
+    /// of notify, so cheap: a counter in memory, or indexed counts.
+    async fn pending_for_app(&self, app_token: &AppToken, now: EpochSecs) -> StoreResult<u64>;
+
+    /// Creates deliveries of `n` for these UAs at `now`, leaving existing ones as they are,
+    /// and marks the notification routed. A UA with no delivery of `n` yet gets a `pending`
+    /// one, unless `max_pending` is given and the UA already has that many outstanding
+    /// deliveries ([`DeliveryStatus::is_outstanding`]) of notifications neither replaced nor
+    /// expired at `now`: it then gets a `rejected` one, settled at once. A UA that has a
+    /// delivery already is never counted again, so that a message handled twice keeps what
+    /// the first handling decided.
+    ///
+    /// Returns [`Added::routed`] false, and creates nothing, when the notification is no
+    /// longer stored or was replaced: it must not be routed then. Otherwise
+    /// [`Added::refused`] lists the UAs among `uas` whose delivery of `n` is `rejected`
+    /// (refused now, or settled so before): it must not be routed to them.
+    ///
+    /// [`DeliveryStatus::is_outstanding`]: common::delivery::DeliveryStatus::is_outstanding
     async fn add_deliveries(
         &self,
         n: &Notification,
         uas: &[UaId],
         now: EpochSecs,
-    ) -> StoreResult<bool>;
+        max_pending: Option<u64>,
+    ) -> StoreResult<Added>;
 
     /// Notifications stored but not yet routed (a crash between store and route) that still
     /// need routing ([`NotificationState::needs_routing`]) and have not expired; oldest

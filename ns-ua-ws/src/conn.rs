@@ -963,11 +963,13 @@ mod tests {
                 created_at: Clock::system().now_millis(),
             };
             self.store.insert_notification(&n, NOW).await.unwrap();
-            assert!(self
-                .store
-                .add_deliveries(&n, std::slice::from_ref(ua), NOW)
-                .await
-                .unwrap());
+            assert!(
+                self.store
+                    .add_deliveries(&n, std::slice::from_ref(ua), NOW, None)
+                    .await
+                    .unwrap()
+                    .routed
+            );
             n
         }
 

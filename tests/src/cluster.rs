@@ -53,6 +53,9 @@ pub struct Options {
     /// Number of ns-ua-ws instances (distributed mode).
     pub ws_instances: usize,
     pub notify: ns_as::Settings,
+    /// Of the monitor; the harness sets its sweep's interval and minimum age in the
+    /// distributed mode.
+    pub monitor: ns_msg_monitor::Settings,
     /// Of every front-end; its `server_id` is the harness's.
     pub front_end: ns_ua_ws::Settings,
     pub wakeup: ns_ua_udp::Settings,
@@ -60,6 +63,8 @@ pub struct Options {
     pub http: ns_http::HttpLimits,
     /// MongoDB URL override (distributed mode).
     pub mongo_url: Option<String>,
+    /// RabbitMQ URL override (distributed mode).
+    pub amqp_url: Option<String>,
     /// The time the in-process services go by.
     pub clock: Clock,
     /// Roles run as child processes of these binaries instead of in this process.
@@ -71,10 +76,12 @@ impl Default for Options {
         Options {
             ws_instances: 1,
             notify: ns_as::Settings::default(),
+            monitor: ns_msg_monitor::Settings::default(),
             front_end: ns_ua_ws::Settings::default(),
             wakeup: ns_ua_udp::Settings::default(),
             http: ns_http::HttpLimits::default(),
             mongo_url: None,
+            amqp_url: None,
             clock: Clock::system(),
             processes: Vec::new(),
         }
@@ -145,6 +152,7 @@ fn tokio_listener(listener: std::net::TcpListener) -> tokio::net::TcpListener {
 #[derive(Clone)]
 struct Namespace {
     mongo_url: String,
+    amqp_url: String,
     db: String,
     prefix: String,
 }
@@ -185,6 +193,7 @@ impl Cluster {
         let unique = uuid::Uuid::new_v4().simple().to_string();
         let namespace = Namespace {
             mongo_url: options.mongo_url.clone().unwrap_or_else(mongo_url),
+            amqp_url: options.amqp_url.clone().unwrap_or_else(amqp_url),
             db: format!("t{}", &unique[..16]),
             prefix: format!("t{}.", &unique[..16]),
         };
@@ -211,7 +220,7 @@ impl Cluster {
                 ("NS_SECRET", secret.clone()),
                 ("NS_MONGO_URL", namespace.mongo_url.clone()),
                 ("NS_MONGO_DB", namespace.db.clone()),
-                ("NS_AMQP_URL", amqp_url()),
+                ("NS_AMQP_URL", namespace.amqp_url.clone()),
                 ("NS_AMQP_PREFIX", namespace.prefix.clone()),
                 ("NS_NOTIFY_BASE_URL", notify_base_url.clone()),
             ];
@@ -232,7 +241,7 @@ impl Cluster {
                 .await;
             let broker =
                 crate::eventually("RabbitMQ at NS_TEST_AMQP_URL", CONNECT_DEADLINE, || async {
-                    AmqpBroker::connect(&amqp_url(), &namespace.prefix)
+                    AmqpBroker::connect(&namespace.amqp_url, &namespace.prefix)
                         .await
                         .ok()
                 })
@@ -250,6 +259,10 @@ impl Cluster {
                 let env = env(&[
                     ("NS_SWEEP_INTERVAL_SECS", sweep_interval.to_string()),
                     ("NS_SWEEP_MIN_AGE_SECS", sweep_min_age.to_string()),
+                    (
+                        "NS_MAX_PENDING_PER_UA",
+                        options.monitor.max_pending_per_ua.to_string(),
+                    ),
                 ]);
                 cluster.spawn(Role::Monitor, &binary, env, vec![monitor]);
             }
@@ -258,7 +271,7 @@ impl Cluster {
                 let settings = ns_msg_monitor::Settings {
                     sweep_interval_secs: sweep_interval,
                     sweep_min_age_secs: sweep_min_age,
-                    ..Default::default()
+                    ..options.monitor.clone()
                 };
                 let deps = ns_msg_monitor::Deps {
                     store,
@@ -285,6 +298,10 @@ impl Cluster {
                 extra.push((
                     "NS_MAX_MESSAGE_BYTES",
                     options.notify.max_message_bytes.to_string(),
+                ));
+                extra.push((
+                    "NS_MAX_PENDING_PER_APP",
+                    options.notify.max_pending_per_app.to_string(),
                 ));
                 cluster.spawn(Role::Notify, &binary, env(&extra), vec![notify]);
             }
@@ -406,6 +423,14 @@ impl Cluster {
                         "NS_MAX_PENDING".to_owned(),
                         options.front_end.max_pending.to_string(),
                     ),
+                    (
+                        "NS_MAX_PENDING_PER_APP".to_owned(),
+                        options.notify.max_pending_per_app.to_string(),
+                    ),
+                    (
+                        "NS_MAX_PENDING_PER_UA".to_owned(),
+                        options.monitor.max_pending_per_ua.to_string(),
+                    ),
                 ];
                 let env = env.into_iter().chain(http_env(&options.http)).collect();
                 cluster.spawn(
@@ -420,6 +445,7 @@ impl Cluster {
                     ns_standalone::Settings::new(dir.path().to_owned(), notify_base_url);
                 settings.secret.secret = Some(secret);
                 settings.notify = options.notify;
+                settings.monitor = options.monitor;
                 settings.front_end = options.front_end;
                 settings.wakeup = options.wakeup;
                 settings.http = options.http.clone();
@@ -588,7 +614,8 @@ impl Drop for Cluster {
 async fn remove(namespace: Namespace) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     use lapin::{Connection, ConnectionProperties};
-    if let Ok(connection) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+    if let Ok(connection) =
+        Connection::connect(&namespace.amqp_url, ConnectionProperties::default()).await
     {
         if let Ok(channel) = connection.create_channel().await {
             for queue in [NEW_MESSAGES, UDP_WAKEUPS] {
