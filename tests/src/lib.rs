@@ -8,6 +8,7 @@
 pub mod client;
 pub mod cluster;
 pub mod ece;
+pub mod faults;
 pub mod process;
 pub mod raw;
 pub mod webpush;
