@@ -49,6 +49,9 @@ pub enum FrontEndMessage {
     },
     /// The UA registered on another connection: close `conn` if it is still here.
     Takeover { ua: UaId, conn: ConnId },
+    /// Sent by a front-end to its own queue after a broker outage: once one is taken, the
+    /// queue exists again, so nothing routed from then on is unroutable. Nothing to do.
+    Probe,
 }
 
 /// On `udpWakeups`: wake this UA.

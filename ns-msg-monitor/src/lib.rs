@@ -213,6 +213,11 @@ impl Router {
     /// quota holds it back.
     async fn route(&self, message: &NewMessage) -> Result<(), RouteError> {
         let n = &message.notification;
+        if n.is_expired(self.clock.now()) {
+            // Queued past its TTL (a broker outage, a backlog): nobody is owed it any more.
+            self.metrics.skipped.inc();
+            return Ok(());
+        }
         let (routes, gone) = match &message.reroute {
             None => {
                 let mut uas = self.app_uas(&n.app_token).await?;
@@ -226,11 +231,12 @@ impl Router {
                         self.metrics.skipped.inc();
                         return Ok(());
                     }
-                    if !added.refused.is_empty() {
-                        self.metrics.refused.add(added.refused.len() as i64);
-                        let refused: HashSet<&UaId> = added.refused.iter().collect();
-                        let accepted = uas.iter().filter(|ua| !refused.contains(ua)).cloned();
-                        uas = Arc::new(accepted.collect());
+                    self.metrics.refused.add(added.refused.len() as i64);
+                    // Refused at the quota, or acked already (a message handled twice).
+                    let skip: HashSet<&UaId> = added.refused.iter().chain(&added.settled).collect();
+                    if !skip.is_empty() {
+                        let owed = uas.iter().filter(|ua| !skip.contains(ua)).cloned();
+                        uas = Arc::new(owed.collect());
                     }
                 }
                 (self.routes(&uas).await?, Vec::new())

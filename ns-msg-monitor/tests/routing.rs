@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::delivery::{DeliveryStatus, DeliveryUpdate};
 use common::messages::{
     decode, FrontEndMessage, NewMessage, Reroute, WakeUp, NEW_MESSAGES, UDP_WAKEUPS,
 };
@@ -191,5 +192,60 @@ async fn a_notification_handed_back_goes_where_its_ua_is_now() {
     assert_eq!(next::<WakeUp>(&mut wakeups).await.ua, left);
     silent(&mut handed_back_by).await;
     assert!(f.registry.render().contains("ns_monitor_rerouted_total 1"));
+    f.shutdown.cancel();
+}
+
+/// A message handled again after its UA acked (the monitor stopped before acking it to the
+/// broker), or one that expired while queued, is not sent to anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_goes_to_a_ua_that_acked_it_nor_after_expiry() {
+    let f = Fixture::start().await;
+    let app = AppToken::new("app");
+    let mut front_end = f.queue("ws.b", QueueKind::Private).await;
+    let (acked, owed) = (
+        f.at("acked", Some("b"), false).await,
+        f.at("owed", Some("b"), false).await,
+    );
+    for ua in [&acked, &owed] {
+        f.store.register_wa(ua, &app).await.unwrap();
+    }
+    let n = notification(&app);
+    f.store.insert_notification(&n, n.timestamp).await.unwrap();
+    let both = [acked.clone(), owed.clone()];
+    f.store
+        .add_deliveries(&n, &both, n.timestamp, None)
+        .await
+        .unwrap();
+    let ack = DeliveryUpdate::for_ua(&acked, [n.message_id.clone()], DeliveryStatus::Acked);
+    f.store.update_deliveries(&ack, n.timestamp).await.unwrap();
+    let again = NewMessage {
+        notification: n.clone(),
+        reroute: None,
+    };
+    ns_broker::publish(&*f.broker, NEW_MESSAGES, &again)
+        .await
+        .unwrap();
+    match next::<FrontEndMessage>(&mut front_end).await {
+        FrontEndMessage::Deliver { targets, .. } => assert_eq!(targets, vec![owed]),
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+
+    let now = Clock::system().now();
+    let expired = Notification {
+        id: "expired".into(),
+        ttl: 1,
+        timestamp: now.plus(-10),
+        expires_at: now.plus(-9),
+        ..notification(&app)
+    };
+    f.store.insert_notification(&expired, now).await.unwrap();
+    let message = NewMessage {
+        notification: expired,
+        reroute: None,
+    };
+    ns_broker::publish(&*f.broker, NEW_MESSAGES, &message)
+        .await
+        .unwrap();
+    silent(&mut front_end).await;
     f.shutdown.cancel();
 }

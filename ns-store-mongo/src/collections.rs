@@ -319,6 +319,7 @@ impl Collections {
                 Ok(Added {
                     routed: true,
                     refused: c.refused,
+                    settled: c.settled,
                 })
             })
             .collect();

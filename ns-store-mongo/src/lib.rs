@@ -31,7 +31,7 @@ use common::notification::Notification;
 use common::purge::Retention;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
-use mongodb::options::{ClientOptions, ReturnDocument};
+use mongodb::options::{ClientOptions, ReturnDocument, WriteConcern};
 use mongodb::Client;
 use ns_store::{Added, Store, StoreError, StoreResult};
 
@@ -99,6 +99,12 @@ impl MongoStore {
         }
         if options.app_name.is_none() {
             options.app_name = Some("notification-server".to_owned());
+        }
+        // A notification is answered 200 once stored: stored means in the journal, so that
+        // a crash of the database loses nothing acknowledged. A URL that says otherwise
+        // (`w=majority`, `journal=false`, ...) is followed.
+        if options.write_concern.is_none() {
+            options.write_concern = Some(WriteConcern::builder().journal(true).build());
         }
         let client = Client::with_options(options).map_err(db_err)?;
         let db = client.database(db);

@@ -179,6 +179,8 @@ pub(crate) type Routing<'a> = (&'a MessageId, &'a [UaId], Option<u64>);
 pub(crate) struct Chosen {
     pub(crate) create: Vec<(UaId, DeliveryStatus)>,
     pub(crate) refused: Vec<UaId>,
+    /// Those with a delivery already, settled otherwise (acked, say): not routed to either.
+    pub(crate) settled: Vec<UaId>,
 }
 
 /// Chooses the deliveries of a batch of routings, in order, as [`Store::add_deliveries`]
@@ -204,6 +206,8 @@ pub(crate) fn choose_deliveries(
                 if let Some(status) = existing.get(&key).or_else(|| made.get(&key)) {
                     if *status == DeliveryStatus::Rejected {
                         chosen.refused.push(ua.clone());
+                    } else if !status.is_outstanding() {
+                        chosen.settled.push(ua.clone());
                     }
                     continue;
                 }
@@ -432,6 +436,7 @@ mod tests {
         let existing = HashMap::from([
             ((m1.clone(), old.clone()), Rejected),
             ((m2.clone(), old.clone()), Sent),
+            ((m3.clone(), old.clone()), Acked),
         ]);
         let owed = HashMap::from([(full.clone(), 1), (old.clone(), 9)]);
         let all = [full.clone(), free.clone(), old.clone()];
@@ -451,6 +456,7 @@ mod tests {
             Chosen {
                 create: vec![(full.clone(), Pending), (free.clone(), Pending)],
                 refused: vec![old.clone()],
+                settled: Vec::new(),
             },
             "a UA with a delivery keeps it; the others are under the quota"
         );
@@ -459,6 +465,7 @@ mod tests {
             Chosen {
                 create: vec![(full.clone(), Rejected), (free.clone(), Pending)],
                 refused: vec![full.clone()],
+                settled: Vec::new(),
             },
             "the first routing's delivery counts for the second; an existing one is never counted"
         );
@@ -467,15 +474,17 @@ mod tests {
             Chosen {
                 create: Vec::new(),
                 refused: vec![old.clone()],
+                settled: Vec::new(),
             }
         );
         assert_eq!(
             chosen[3],
             Chosen {
-                create: vec![(full, Pending), (free, Pending), (old, Pending)],
+                create: vec![(full, Pending), (free, Pending)],
                 refused: Vec::new(),
+                settled: vec![old],
             },
-            "no quota, no refusal"
+            "no quota, no refusal; an acked delivery stays acked and is not routed again"
         );
     }
 

@@ -359,12 +359,14 @@ impl View<'_> {
             record.state.routed = true;
             self.changes.notifications.insert(id.clone(), Some(record));
         }
-        let mut refused = Vec::new();
+        let (mut refused, mut settled) = (Vec::new(), Vec::new());
         for ua in uas {
             match self.delivery(id, &ua) {
                 Some(existing) => {
                     if existing.status == DeliveryStatus::Rejected {
                         refused.push(ua);
+                    } else if !existing.status.is_outstanding() {
+                        settled.push(ua);
                     }
                 }
                 None => {
@@ -383,6 +385,7 @@ impl View<'_> {
         Added {
             routed: true,
             refused,
+            settled,
         }
     }
 

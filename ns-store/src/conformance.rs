@@ -458,11 +458,34 @@ pub async fn add_deliveries_is_idempotent(store: &dyn Store) {
     assert_eq!(
         statuses(&report),
         sorted(vec![
-            (a, DeliveryStatus::Sent),
-            (b, DeliveryStatus::Pending),
-            (c, DeliveryStatus::Pending),
+            (a.clone(), DeliveryStatus::Sent),
+            (b.clone(), DeliveryStatus::Pending),
+            (c.clone(), DeliveryStatus::Pending),
         ]),
         "existing deliveries are left as they are, new ones are pending"
+    );
+
+    // Handled once more after `a` acked: `a` is told settled, so that it is not routed to
+    // again; the others are still owed.
+    store
+        .update_deliveries(&[update(&n, &a, DeliveryStatus::Acked)], now)
+        .await
+        .expect("update_deliveries");
+    let again = store
+        .add_deliveries(&n, &[a.clone(), b.clone(), c.clone()], now, None)
+        .await
+        .expect("add_deliveries after an ack");
+    assert!(again.routed);
+    assert_eq!(again.settled, vec![a.clone()]);
+    assert!(again.refused.is_empty());
+    let after_ack = self::report(store, &n, now).await;
+    assert_eq!(
+        statuses(&after_ack),
+        sorted(vec![
+            (a, DeliveryStatus::Acked),
+            (b, DeliveryStatus::Pending),
+            (c, DeliveryStatus::Pending),
+        ])
     );
 }
 

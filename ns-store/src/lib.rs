@@ -55,6 +55,9 @@ pub struct Added {
     /// The UAs whose delivery is `rejected`, given now because they are at the quota of
     /// outstanding deliveries, or found so (a message handled twice): not to be routed to.
     pub refused: Vec<UaId>,
+    /// The UAs whose delivery was there already and is settled otherwise (acked, expired,
+    /// replaced): a message handled twice after its UA acked it. Not to be routed to either.
+    pub settled: Vec<UaId>,
 }
 
 impl Added {
@@ -63,6 +66,7 @@ impl Added {
         Added {
             routed: true,
             refused: Vec::new(),
+            settled: Vec::new(),
         }
     }
 }
@@ -136,7 +140,8 @@ pub trait Store: Send + Sync + 'static {
     /// Returns [`Added::routed`] false, and creates nothing, when the notification is no
     /// longer stored or was replaced: it must not be routed then. Otherwise
     /// [`Added::refused`] lists the UAs among `uas` whose delivery of `n` is `rejected`
-    /// (refused now, or settled so before): it must not be routed to them.
+    /// (refused now, or settled so before), and [`Added::settled`] those whose delivery is
+    /// settled otherwise: it must not be routed to either.
     ///
     /// [`DeliveryStatus::is_outstanding`]: common::delivery::DeliveryStatus::is_outstanding
     async fn add_deliveries(

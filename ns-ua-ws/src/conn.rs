@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::delivery::{DeliveryStatus, DeliveryUpdate};
 use common::messages::{front_end_queue, FrontEndMessage, RouteEvent};
-use common::model::{AppToken, ConnId, Interface, Live, MessageId, UaId, UaRoute};
+use common::model::{AppToken, ConnId, EpochSecs, Interface, Live, MessageId, UaId, UaRoute};
 use common::network;
 use common::notification::{notify_url, Frame, Notification, NotificationFrame};
 use common::validate::{Code, ProtocolError};
@@ -303,8 +303,15 @@ where
                 None => Err(End::Gone),
             },
             Input::Outbound(outbound) => match outbound {
-                Some(Outbound::Notify(queued)) => self.send_notification(queued.frame).await,
+                Some(Outbound::Notify(queued)) => {
+                    if self.session.first_routed(&queued.message_id) {
+                        self.send_notification(queued.frame).await
+                    } else {
+                        Ok(())
+                    }
+                }
                 Some(Outbound::TakenOver) => Err(End::Close(self.session.taken_over())),
+                Some(Outbound::Resync) => self.resync().await,
                 None => Err(End::Gone),
             },
             // A client that let the last pings go unanswered is gone, whatever TCP says.
@@ -540,14 +547,35 @@ where
     /// the rest follows.
     async fn send_stored(&mut self, ua: &UaId, limit: usize) -> Result<Vec<MessageId>, End> {
         let now = self.shared.deps.clock.now();
-        let pending = match self.shared.deps.store.outstanding(ua, now, limit).await {
+        let pending = self.owed(ua, limit).await;
+        let more = limit > 0 && pending.len() == limit;
+        let ids = self.send_owed(ua, pending, now).await?;
+        if self.session.dialect() == Dialect::WebPush {
+            self.session.backlog_sent(ids.iter().cloned(), more);
+        }
+        Ok(ids)
+    }
+
+    /// Up to `limit` of what `ua` is owed, oldest first; none when the store fails (they
+    /// stay pending and go out on the next register/ua or hello).
+    async fn owed(&self, ua: &UaId, limit: usize) -> Vec<Notification> {
+        let now = self.shared.deps.clock.now();
+        match self.shared.deps.store.outstanding(ua, now, limit).await {
             Ok(p) => p,
             Err(e) => {
-                // They stay pending and go out on the next register/ua or hello.
                 tracing::warn!(error = %e, "reading pending notifications failed");
                 Vec::new()
             }
-        };
+        }
+    }
+
+    /// Sends stored notifications and records them as sent; returns their ids.
+    async fn send_owed(
+        &mut self,
+        ua: &UaId,
+        pending: Vec<Notification>,
+        now: EpochSecs,
+    ) -> Result<Vec<MessageId>, End> {
         let texts = frames_of(&pending, &self.shared.deps.notify_base_url).map_err(|e| {
             tracing::error!(error = %e, "encoding pending notifications failed");
             End::Gone
@@ -556,16 +584,36 @@ where
             self.send_text(text).await?;
         }
         self.shared.metrics.delivered.add(pending.len() as i64);
-        let more = limit > 0 && pending.len() == limit;
         let ids: Vec<MessageId> = pending.into_iter().map(|n| n.message_id).collect();
-        if self.session.dialect() == Dialect::WebPush {
-            self.session.backlog_sent(ids.iter().cloned(), more);
-        }
+        self.session.remember_sent(ids.iter().cloned());
         let updates = DeliveryUpdate::for_ua(ua, ids.iter().cloned(), DeliveryStatus::Sent);
         if let Err(e) = self.shared.deps.store.record_deliveries(updates, now).await {
             tracing::warn!(error = %e, "recording pending notifications as sent failed");
         }
         Ok(ids)
+    }
+
+    /// After a broker outage: sends the UA registered here what it is owed and was not sent
+    /// on this connection lately (what was routed while the queue was gone).
+    async fn resync(&mut self) -> Result<(), End> {
+        let Some(ua) = self.session.ua().cloned() else {
+            return Ok(());
+        };
+        let limit = match self.session.dialect() {
+            Dialect::WebPush => self.webpush_backlog(),
+            _ => self.shared.settings.max_pending,
+        };
+        let now = self.shared.deps.clock.now();
+        let missed: Vec<Notification> = self
+            .owed(&ua, limit)
+            .await
+            .into_iter()
+            .filter(|n| !self.session.sent_lately(&n.message_id))
+            .collect();
+        if missed.is_empty() {
+            return Ok(());
+        }
+        self.send_owed(&ua, missed, now).await.map(|_| ())
     }
 
     /// Handles one text frame of a Web Push connection.
@@ -720,11 +768,15 @@ where
         while let Ok(outbound) = rx.try_recv() {
             match outbound {
                 Outbound::Notify(queued) => {
-                    if self.session.is_new(&queued.message_id) {
+                    if self.session.is_new(&queued.message_id)
+                        && self.session.first_routed(&queued.message_id)
+                    {
                         self.send_notification(queued.frame).await?;
                     }
                 }
                 Outbound::TakenOver => return Err(End::Close(self.session.taken_over())),
+                // What is owed was just read from the store.
+                Outbound::Resync => {}
             }
         }
         self.session.drained();
@@ -1059,6 +1111,47 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(report.deliveries[0].status, DeliveryStatus::Sent);
+        client.leave().await;
+    }
+
+    /// After a broker outage a connection is sent what its UA is owed and missed (routed
+    /// while the queue was gone, so only stored), and nothing it was sent already; a copy
+    /// routed here again is not sent twice either.
+    #[tokio::test]
+    async fn a_resync_sends_what_was_missed_and_nothing_twice() {
+        let f = fixture();
+        let token = crypto::new_uatoken(&f.secret);
+        let ua = crypto::ua_id(&token);
+        let mut client = f.registered(&token).await;
+        let routed = f.pending(&ua, "routed").await;
+        assert!(
+            f.shared
+                .connections
+                .send_to(&ua, f.queued(&routed), DEADLINE)
+                .await
+        );
+        assert_eq!(ids(&client.json().await), ["routed"]);
+        let missed = f.pending(&ua, "missed").await;
+
+        assert_eq!(f.shared.connections.resync_all(), 1);
+        assert_eq!(ids(&client.json().await), ["missed"], "only what it missed");
+        assert!(
+            f.shared
+                .connections
+                .send_to(&ua, f.queued(&routed), DEADLINE)
+                .await
+        );
+        f.shared.connections.resync_all();
+        client
+            .to_server
+            .unbounded_send(Message::Text("PING".into()))
+            .unwrap();
+        assert_eq!(
+            client.text().await,
+            "PONG",
+            "neither the copy routed again nor a second resync sent anything"
+        );
+        assert_eq!(missed.id, "missed");
         client.leave().await;
     }
 

@@ -3,6 +3,7 @@
 //! here any more is handed back to the monitor, which routes it again from fresh routes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::delivery::{DeliveryStatus, DeliveryUpdate};
 use common::messages::{front_end_queue, FrontEndMessage, NewMessage, Reroute, NEW_MESSAGES};
@@ -43,6 +44,7 @@ pub(crate) async fn consume(shared: Arc<Shared>, shutdown: CancellationToken) {
                         shared.connections.take_over(&ua, &conn);
                         Handled::Done
                     }
+                    FrontEndMessage::Probe => Handled::Done,
                 }
             }
         },
@@ -50,9 +52,49 @@ pub(crate) async fn consume(shared: Arc<Shared>, shutdown: CancellationToken) {
     .await;
 }
 
+/// How often the broker's health is looked at, and a probe sent again.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Watches the broker until `shutdown`. While it is down, and until this instance's queue
+/// exists again, the monitor finds the queue gone (unroutable) and keeps what it routes here
+/// pending in the store only, as for a dead front-end; so once a probe to the queue is taken
+/// again, every connection here is told to send what its UA is owed.
+pub(crate) async fn resync_after_outages(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let queue = front_end_queue(&shared.node);
+    let broker = &*shared.deps.broker;
+    let mut was_down = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+        if !broker.is_healthy() {
+            was_down = true;
+            continue;
+        }
+        if !was_down {
+            continue;
+        }
+        match ns_broker::publish(broker, &queue, &FrontEndMessage::Probe).await {
+            Ok(()) => {
+                was_down = false;
+                let connections = shared.connections.resync_all();
+                tracing::info!(connections, "queue back after a broker outage: resyncing");
+            }
+            // Not declared again yet (unroutable), or the broker went again: later.
+            Err(e) => tracing::debug!(error = %e, "probing the queue"),
+        }
+    }
+}
+
 /// Delivers to the targets connected here and hands the others back to the monitor. Asks
 /// for a retry when what happened could not be stored or handed back.
 async fn deliver(shared: &Shared, n: Notification, targets: Vec<UaId>) -> Handled {
+    if n.is_expired(shared.deps.clock.now()) {
+        // Queued past its TTL (a broker outage, a backlog): no longer to be delivered.
+        shared.metrics.expired.inc();
+        return Handled::Done;
+    }
     let frame = match n.to_frame(&shared.deps.notify_base_url).to_text() {
         Ok(frame) => Utf8Bytes::from(frame),
         Err(e) => {
@@ -86,8 +128,9 @@ async fn deliver(shared: &Shared, n: Notification, targets: Vec<UaId>) -> Handle
         );
         let now = shared.deps.clock.now();
         if let Err(e) = shared.deps.store.record_deliveries(updates, now).await {
+            // They were sent: not again. Still `pending` in the store, they are owed until
+            // acked, which is all `sent` would have said beside.
             tracing::warn!(error = %e, "recording notifications as sent failed");
-            return Handled::Retry;
         }
     }
     if away.is_empty() {

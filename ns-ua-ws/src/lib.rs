@@ -93,6 +93,7 @@ pub(crate) struct Metrics {
     acked: Arc<Metric>,
     taken_over: Arc<Metric>,
     handed_back: Arc<Metric>,
+    expired: Arc<Metric>,
 }
 
 impl Metrics {
@@ -109,6 +110,10 @@ impl Metrics {
             handed_back: r.counter(
                 "ns_ws_handed_back_total",
                 "UA deliveries handed back to the monitor because the UA was not here.",
+            ),
+            expired: r.counter(
+                "ns_ws_expired_total",
+                "Notifications routed here that had expired by the time they came.",
             ),
         }
     }
@@ -210,6 +215,10 @@ pub async fn run(
     let shared = Arc::new(Shared::new(settings, deps));
     let tasks = TaskTracker::new();
     tasks.spawn(frontend::consume(shared.clone(), shutdown.clone()));
+    tasks.spawn(frontend::resync_after_outages(
+        shared.clone(),
+        shutdown.clone(),
+    ));
 
     let routes = http_routes(shared.clone());
     let limits = ns_http::limits();

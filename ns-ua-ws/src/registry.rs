@@ -17,6 +17,9 @@ pub(crate) enum Outbound {
     Notify(Box<Queued>),
     /// Close the connection: the UA registered elsewhere.
     TakenOver,
+    /// Send the UA what it is owed and was not sent here lately: what was routed while this
+    /// front-end's queue was gone is pending in the store only.
+    Resync,
 }
 
 #[derive(Debug)]
@@ -77,6 +80,18 @@ impl Registry {
             return false;
         };
         tx.send_timeout(outbound, wait).await.is_ok()
+    }
+
+    /// Tells every connection here to send what its UA is owed ([`Outbound::Resync`]).
+    pub(crate) fn resync_all(&self) -> usize {
+        let senders: Vec<mpsc::Sender<Outbound>> =
+            self.conns().values().map(|h| h.tx.clone()).collect();
+        let count = senders.len();
+        for tx in senders {
+            // A connection with a full queue is still told, once it has room.
+            tokio::spawn(async move { tx.send(Outbound::Resync).await });
+        }
+        count
     }
 
     /// Closes `ua`'s connection here if it is `conn` (a take-over from another front-end);

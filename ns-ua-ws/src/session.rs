@@ -4,6 +4,8 @@
 //! The first text frame fixes the connection's dialect: Telefónica (PROTOCOL.md) or Web
 //! Push (WEBPUSH.md, whose messages are read in [`crate::webpush`]).
 
+use std::collections::VecDeque;
+
 use common::crypto::{self, Secret};
 use common::model::{App, AppToken, Interface, MessageId, UaId};
 use common::validate::{Code, ProtocolError};
@@ -84,7 +86,15 @@ pub(crate) struct Session {
     /// are settled, so a UA is never sent more than a bound of them at once.
     backlog: Vec<MessageId>,
     backlog_more: bool,
+    /// The last notifications sent on this connection, oldest first, at most
+    /// [`RECENT_SENT`]: a copy routed here again (a broker message handled twice, or routed
+    /// while its ack was being stored) is not sent again. Empty, so without an allocation,
+    /// on a connection that was sent nothing.
+    recent: VecDeque<MessageId>,
 }
+
+/// How many of the notifications last sent on a connection it remembers.
+const RECENT_SENT: usize = 64;
 
 impl Session {
     /// The dialect of the connection, fixed by the first text frame `text` if not yet.
@@ -226,6 +236,31 @@ impl Session {
     pub(crate) fn sent_after_ok(&mut self, ids: impl IntoIterator<Item = MessageId>) {
         self.sent_after_ok = ids.into_iter().collect();
         self.sent_after_ok.sort_unstable();
+    }
+
+    /// Whether a notification routed here is to be sent: not when it went out on this
+    /// connection lately. Remembers it as sent.
+    pub(crate) fn first_routed(&mut self, id: &MessageId) -> bool {
+        if self.sent_lately(id) {
+            return false;
+        }
+        self.remember_sent([id.clone()]);
+        true
+    }
+
+    /// Whether the notification went out on this connection lately.
+    pub(crate) fn sent_lately(&self, id: &MessageId) -> bool {
+        self.recent.contains(id)
+    }
+
+    /// Notifications sent on this connection, from the store or routed here.
+    pub(crate) fn remember_sent(&mut self, ids: impl IntoIterator<Item = MessageId>) {
+        for id in ids {
+            if self.recent.len() == RECENT_SENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(id);
+        }
     }
 
     /// Whether a notification routed here during the pending send still needs sending.
@@ -380,6 +415,23 @@ mod tests {
         assert!(session.is_new(&MessageId::new("d")));
         session.drained();
         assert!(session.is_new(&MessageId::new("a")));
+    }
+
+    #[test]
+    fn a_notification_sent_lately_is_not_sent_again_when_routed_here_again() {
+        let mut session = Session::default();
+        let id = |i: usize| MessageId::new(format!("m{i}"));
+        session.remember_sent([id(0)]);
+        assert!(!session.first_routed(&id(0)), "sent from the store");
+        assert!(session.first_routed(&id(1)));
+        assert!(!session.first_routed(&id(1)), "routed twice");
+        for i in 2..=RECENT_SENT {
+            assert!(session.first_routed(&id(i)));
+        }
+        assert!(
+            session.first_routed(&id(0)),
+            "only the last {RECENT_SENT} are remembered"
+        );
     }
 
     #[test]
