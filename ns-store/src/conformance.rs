@@ -1358,20 +1358,32 @@ async fn routed_with_quota(
     added.refused
 }
 
+/// `count` notifications of `app`, each with an id of its own, a millisecond apart, stored.
+async fn stored_apart(
+    store: &dyn Store,
+    app: &AppToken,
+    count: i64,
+    now: EpochSecs,
+) -> Vec<Notification> {
+    let start = millis();
+    let mut ns = Vec::new();
+    for i in 0..count {
+        let n = notification(app, &uid(), 3600, now, later(start, i));
+        store
+            .insert_notification(&n, now)
+            .await
+            .expect("insert_notification");
+        ns.push(n);
+    }
+    ns
+}
+
 pub async fn add_deliveries_refuses_uas_at_their_quota(store: &dyn Store) {
     let now = now();
     let (full, free) = (new_ua(), new_ua());
     let app = new_app();
-    let start = millis();
-    let ns: Vec<Notification> = (0..5)
-        .map(|i| notification(&app, &uid(), 3600, now, later(start, i)))
-        .collect();
-    for n in &ns {
-        store
-            .insert_notification(n, now)
-            .await
-            .expect("insert_notification");
-    }
+    let ns = stored_apart(store, &app, 5, now).await;
+    let start = ns[0].created_at;
     let quota = Some(2);
     for n in &ns[..2] {
         let added = store
@@ -1530,16 +1542,7 @@ pub async fn concurrent_routings_keep_to_the_quota(store: &dyn Store) {
     let now = now();
     let (ua, other) = (new_ua(), new_ua());
     let app = new_app();
-    let start = millis();
-    let ns: Vec<Notification> = (0..8)
-        .map(|i| notification(&app, &uid(), 3600, now, later(start, i)))
-        .collect();
-    for n in &ns {
-        store
-            .insert_notification(n, now)
-            .await
-            .expect("insert_notification");
-    }
+    let ns = stored_apart(store, &app, 8, now).await;
     let uas = [ua.clone(), other.clone()];
     // Issued together, so that a store that groups writes is likely to take them in one go.
     let routings = ns
