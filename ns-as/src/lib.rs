@@ -57,9 +57,8 @@ pub struct Settings {
     #[arg(long, env = "NS_MAX_CLOCK_SKEW_SECS", default_value_t = DEFAULT_MAX_CLOCK_SKEW)]
     pub max_clock_skew_secs: i64,
     /// Most pending notifications (stored, neither replaced nor expired, not acked by every
-    /// UA) of one appToken or
-    /// push subscription; a new one to store past it is refused (465, or 429 for Web Push).
-    /// 0 disables the quota.
+    /// UA) of one appToken or push subscription; a new one to store past it is refused (465,
+    /// or 429 for Web Push). 0 disables the quota.
     #[arg(long, env = "NS_MAX_PENDING_PER_APP", default_value_t = DEFAULT_MAX_PENDING_PER_APP)]
     pub max_pending_per_app: u64,
 }
@@ -377,8 +376,8 @@ async fn notify(
     {
         return Err(ProtocolError::new(
             Code::QuotaExceeded,
-            "this appToken has too many pending notifications; retry once some have \
-             expired, or were acked and purged",
+            "this appToken has too many pending notifications; retry once some were \
+             acked or have expired",
         ));
     }
     let message_id = notification.message_id.clone();

@@ -162,8 +162,8 @@ where
     {
         return Err(PushError::new(
             PushErrorKind::QuotaExceeded,
-            "this subscription has too many pending messages; retry once some have \
-             expired, or were acked and purged",
+            "this subscription has too many pending messages; retry once some were \
+             acked or have expired",
         ));
     }
     crate::store_and_publish(state, notification, now)

@@ -138,7 +138,7 @@ impl Metrics {
             ),
             skipped: r.counter(
                 "ns_monitor_skipped_total",
-                "Notifications not routed because they were replaced.",
+                "Notifications not routed because they were replaced or had expired.",
             ),
             refused: r.counter(
                 "ns_monitor_refused_total",
