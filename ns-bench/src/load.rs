@@ -430,6 +430,7 @@ pub(crate) async fn throughput(
     );
     report.add("ua_errors", tally.errors.to_json());
     report.usage(&usage, watch.watching_servers());
+    report.cpu_per_thousand(&usage, watch.watching_servers(), delivered);
     Ok(report)
 }
 
@@ -567,6 +568,7 @@ pub(crate) async fn stored(
     );
     report.add("ua_errors", tally.errors.to_json());
     report.usage(&usage, watch.watching_servers());
+    report.cpu_per_thousand(&usage, watch.watching_servers(), delivered);
     Ok(report)
 }
 
@@ -695,6 +697,7 @@ pub(crate) async fn wakeup(
         &to_pull.lock().expect("histogram"),
     );
     report.usage(&usage, watch.watching_servers());
+    report.cpu_per_thousand(&usage, watch.watching_servers(), pulled);
     Ok(report)
 }
 

@@ -47,6 +47,8 @@ pub(crate) struct Usage {
     pub server_rss_kib: (u64, u64),
     /// CPU cores the watched servers used on average.
     pub server_cores: f64,
+    /// CPU-seconds the watched servers used, user and system.
+    pub server_cpu_secs: f64,
     /// CPU cores this load generator used on average.
     pub own_cores: f64,
     /// Resident memory of this process now (KiB).
@@ -79,6 +81,7 @@ impl Watch {
         let mut usage = Usage {
             server_rss_kib: (0, 0),
             server_cores: 0.0,
+            server_cpu_secs: 0.0,
             own_cores: 0.0,
             own_rss_kib: 0,
         };
@@ -87,6 +90,10 @@ impl Watch {
             usage.server_rss_kib.0 += before.map_or(0, |s| s.rss_kib);
             usage.server_rss_kib.1 += now.map_or(0, |s| s.rss_kib);
             usage.server_cores += cores(*before, now);
+            if let (Some(b), Some(n)) = (before, now) {
+                usage.server_cpu_secs +=
+                    n.cpu_ticks.saturating_sub(b.cpu_ticks) as f64 / TICKS_PER_SEC;
+            }
         }
         let own = sample("self");
         usage.own_cores = cores(self.own, own);
