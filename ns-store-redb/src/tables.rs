@@ -236,9 +236,6 @@ pub(crate) fn with_payloads(
     db: &Database,
     heads: Vec<NotificationHead>,
 ) -> StoreResult<Vec<Notification>> {
-    if heads.is_empty() {
-        return Ok(Vec::new());
-    }
     let txn = db.begin_read().map_err(unavailable)?;
     let table = txn.open_table(PAYLOADS).map_err(unavailable)?;
     let mut whole = Vec::with_capacity(heads.len());

@@ -547,7 +547,7 @@ where
     /// the rest follows.
     async fn send_stored(&mut self, ua: &UaId, limit: usize) -> Result<Vec<MessageId>, End> {
         let now = self.shared.deps.clock.now();
-        let pending = self.owed(ua, limit).await;
+        let pending = self.owed(ua, limit, now).await;
         let more = limit > 0 && pending.len() == limit;
         let ids = self.send_owed(ua, pending, now).await?;
         if self.session.dialect() == Dialect::WebPush {
@@ -558,8 +558,7 @@ where
 
     /// Up to `limit` of what `ua` is owed, oldest first; none when the store fails (they
     /// stay pending and go out on the next register/ua or hello).
-    async fn owed(&self, ua: &UaId, limit: usize) -> Vec<Notification> {
-        let now = self.shared.deps.clock.now();
+    async fn owed(&self, ua: &UaId, limit: usize, now: EpochSecs) -> Vec<Notification> {
         match self.shared.deps.store.outstanding(ua, now, limit).await {
             Ok(p) => p,
             Err(e) => {
@@ -605,7 +604,7 @@ where
         };
         let now = self.shared.deps.clock.now();
         let missed: Vec<Notification> = self
-            .owed(&ua, limit)
+            .owed(&ua, limit, now)
             .await
             .into_iter()
             .filter(|n| !self.session.sent_lately(&n.message_id))

@@ -1,6 +1,7 @@
 //! The consumer of this instance's broker queue: delivers routed notifications to the live
-//! connections here, records them as sent, and only then acks the broker. A UA that is not
-//! here any more is handed back to the monitor, which routes it again from fresh routes.
+//! connections here, records them as sent (a failure leaves them pending, still owed), and
+//! only then acks the broker. A UA that is not here any more is handed back to the monitor,
+//! which routes it again from fresh routes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +89,8 @@ pub(crate) async fn resync_after_outages(shared: Arc<Shared>, shutdown: Cancella
 }
 
 /// Delivers to the targets connected here and hands the others back to the monitor. Asks
-/// for a retry when what happened could not be stored or handed back.
+/// for a retry only when the hand-back failed; a connection drops the copy it then gets of
+/// what it was sent already.
 async fn deliver(shared: &Shared, n: Notification, targets: Vec<UaId>) -> Handled {
     if n.is_expired(shared.deps.clock.now()) {
         // Queued past its TTL (a broker outage, a backlog): no longer to be delivered.
