@@ -413,27 +413,53 @@ async fn room_for(
 }
 
 /// Stores a notification (unless it is for the UAs connected right now: `ttl: 0` ones are
-/// never stored), then publishes it on `newMessages` and waits for the broker's confirm:
-/// what has to be done before the sender is answered. A stored notification must have had
-/// [`room_for`] it, whose place is given back if storing fails.
+/// never stored), publishes it on `newMessages` and waits for the store to have it durably
+/// and for the broker's confirm: what has to be done before the sender is answered. The
+/// publish goes out once the store has the notification, before it is durable (with the
+/// embedded store, [`Store::stage_notification`]), so that a UA connected right now gets it
+/// while the disk syncs; if the sync then fails, the sender is told so and retries, and at
+/// worst the UA gets it twice. A stored notification must have had [`room_for`] it, whose
+/// place is given back if storing fails.
+///
+/// [`Store::stage_notification`]: ns_store::Store::stage_notification
 async fn store_and_publish(
     state: &State,
     notification: Notification,
     now: EpochSecs,
 ) -> Result<(), Unavailable> {
     let message_id = notification.message_id.clone();
-    if !notification.is_ephemeral() {
-        if let Err(e) = state.store.insert_notification(&notification, now).await {
-            state.pending.release(&notification.app_token);
-            tracing::warn!(error = %e, message_id = %message_id, "storing a notification failed");
-            return Err(Unavailable);
+    let app_token = notification.app_token.clone();
+    let failed_to_store = |e: &ns_store::StoreError| {
+        state.pending.release(&app_token);
+        tracing::warn!(error = %e, message_id = %message_id, "storing a notification failed");
+        Unavailable
+    };
+    let durable = if notification.is_ephemeral() {
+        None
+    } else {
+        match state.store.stage_notification(&notification, now).await {
+            Ok(durable) => Some(durable),
+            Err(e) => return Err(failed_to_store(&e)),
         }
-    }
+    };
     let message = NewMessage {
         notification,
         reroute: None,
     };
-    if let Err(e) = ns_broker::publish(&*state.broker, NEW_MESSAGES, &message).await {
+    let stored = async {
+        match durable {
+            Some(durable) => durable.await,
+            None => Ok(()),
+        }
+    };
+    let (stored, published) = tokio::join!(
+        stored,
+        ns_broker::publish(&*state.broker, NEW_MESSAGES, &message)
+    );
+    if let Err(e) = stored {
+        return Err(failed_to_store(&e));
+    }
+    if let Err(e) = published {
         tracing::warn!(error = %e, message_id = %message_id, "publishing a notification failed");
         return Err(Unavailable);
     }

@@ -2,6 +2,7 @@
 //! their checks, logging, shutdown on signals, retries with backoff, metrics, the clock, and
 //! the listening sockets.
 
+mod alloc;
 pub mod clock;
 pub mod config;
 pub mod listen;

@@ -26,18 +26,29 @@ struct Cli {
     /// Address of the monitor's health and metrics.
     #[arg(long, env = "NS_MONITOR_LISTEN", default_value = "0.0.0.0:8083")]
     monitor_listen: SocketAddr,
+    /// Threads that serve the connections and run the services (the store has two threads
+    /// of its own); 0 for one per core.
+    #[arg(long, env = "NS_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
     #[command(flatten)]
     settings: ns_standalone::Settings,
     #[command(flatten)]
     log: LogConfig,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut problems = Problems::default();
     problems.extend(cli.settings.problems());
     problems.exit_if_any();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if cli.worker_threads > 0 {
+        runtime.worker_threads(cli.worker_threads);
+    }
+    runtime.enable_all().build()?.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     ns_runtime::telemetry::init(&cli.log);
     let shutdown = ns_runtime::shutdown::on_signal();
     let listeners = Listeners::take(

@@ -35,6 +35,28 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// Whether what the command records must be on disk before it is answered. Two kinds
+    /// need not, because a crash that loses them loses nothing owed:
+    /// - routing (`AddDeliveries`): the notification it marks routed is then unrouted
+    ///   again, and the monitor's sweep of unrouted notifications routes it after the
+    ///   restart;
+    /// - `sent`: the delivery is then pending again, so it is sent again when the UA comes
+    ///   back, which at-least-once delivery allows.
+    ///
+    /// Every later durable commit writes them too: what is on disk after a crash is always
+    /// everything up to some commit, never a later write without an earlier one.
+    pub(crate) fn must_be_durable(&self) -> bool {
+        match self {
+            Command::AddDeliveries(..) => false,
+            Command::UpdateDeliveries(updates, _) => {
+                updates.iter().any(|u| u.status != DeliveryStatus::Sent)
+            }
+            _ => true,
+        }
+    }
+}
+
 /// What a command answers.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -443,5 +465,37 @@ impl View<'_> {
             }
         }
         Outcome::Purged(removed, chunk.last().cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(status: DeliveryStatus) -> DeliveryUpdate {
+        DeliveryUpdate {
+            message_id: MessageId::new("m"),
+            ua: UaId::new("u"),
+            status,
+        }
+    }
+
+    #[test]
+    fn only_routing_and_sent_may_wait_for_a_later_sync() {
+        let now = EpochSecs(1);
+        let sent = Command::UpdateDeliveries(vec![update(DeliveryStatus::Sent)], now);
+        assert!(!sent.must_be_durable());
+        let routing = Command::AddDeliveries(MessageId::new("m"), vec![UaId::new("u")], now, None);
+        assert!(!routing.must_be_durable());
+        for settled in [DeliveryStatus::Acked, DeliveryStatus::Rejected] {
+            let mixed =
+                Command::UpdateDeliveries(vec![update(DeliveryStatus::Sent), update(settled)], now);
+            assert!(
+                mixed.must_be_durable(),
+                "{settled:?} is answered or owed no more"
+            );
+        }
+        let ua = UaId::new("u");
+        assert!(Command::RegisterWa(ua.clone(), AppToken::new("a")).must_be_durable());
     }
 }

@@ -8,11 +8,14 @@ use common::notification::{
     ContentEncoding, Notification, NotificationHead, NotificationState, Payload, PushMessage,
 };
 use ns_store::{StoreError, StoreResult};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::mem::Mem;
 use crate::plan::Changes;
+use crate::wal::{Op, Table};
 
 const UAS: TableDefinition<&str, &[u8]> = TableDefinition::new("uas");
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
@@ -22,8 +25,10 @@ const REGISTRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("regist
 const NOTIFICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("notifications");
 /// Key: message id. Read only to deliver, so that memory does not grow with payloads.
 const PAYLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("payloads");
-/// `schema` → the version of the layout ([`SCHEMA`]).
+/// `schema` → the version of the layout ([`SCHEMA`]); `log` → the sequence number of the
+/// last record of the log ([`crate::wal`]) the file holds.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const LOG_KEY: &str = "log";
 /// 2: payloads in their own table. A file without a version is of version 1, whose
 /// notification records held their payloads; [`upgrade`] moves them.
 const SCHEMA: &str = "2";
@@ -301,13 +306,15 @@ pub(crate) fn load(db: &Database) -> StoreResult<Mem> {
     Ok(mem)
 }
 
-/// Why a group's transaction did not commit.
+/// Why a group's changes were not committed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CommitError {
     #[error("the database failed")]
     Database(#[from] redb::Error),
     #[error("a record could not be encoded")]
     Encode(#[from] serde_json::Error),
+    #[error("writing the store's log failed")]
+    Log(#[source] std::io::Error),
 }
 
 impl CommitError {
@@ -316,70 +323,105 @@ impl CommitError {
     }
 }
 
-/// Writes `changes` in one transaction; nothing of them is on disk if it fails.
-pub(crate) fn commit(db: &Database, changes: &Changes) -> Result<(), CommitError> {
-    let txn = db.begin_write().map_err(CommitError::database)?;
-    {
-        let mut uas = txn.open_table(UAS).map_err(CommitError::database)?;
-        for (ua, record) in &changes.uas {
-            match record {
-                Some(r) => uas.insert(ua.as_str(), serde_json::to_vec(r)?.as_slice()),
-                None => uas.remove(ua.as_str()),
-            }
-            .map_err(CommitError::database)?;
+/// `changes` as puts and removals, table by table: what the log records and
+/// [`commit_ops`] writes. Removing a notification removes its payload too.
+pub(crate) fn ops(changes: &Changes) -> Result<Vec<Op>, serde_json::Error> {
+    let mut ops = Vec::new();
+    let mut put = |table, key: &str, value: Option<Vec<u8>>| {
+        ops.push(Op {
+            table,
+            key: key.to_owned(),
+            value,
+        })
+    };
+    for (ua, record) in &changes.uas {
+        let value = record.as_ref().map(serde_json::to_vec).transpose()?;
+        put(Table::Uas, ua.as_str(), value);
+    }
+    for (app, pbk) in &changes.apps {
+        put(Table::Apps, app.as_str(), Some(serde_json::to_vec(pbk)?));
+    }
+    for ((app, ua), present) in &changes.registrations {
+        let key = pair(app.as_str(), ua.as_str());
+        put(Table::Registrations, &key, present.then(Vec::new));
+    }
+    for (id, record) in &changes.notifications {
+        let value = record.as_ref().map(serde_json::to_vec).transpose()?;
+        if value.is_none() {
+            put(Table::Payloads, id.as_str(), None);
         }
-        let mut apps = txn.open_table(APPS).map_err(CommitError::database)?;
-        for (app, pbk) in &changes.apps {
-            apps.insert(app.as_str(), serde_json::to_vec(pbk)?.as_slice())
-                .map_err(CommitError::database)?;
-        }
-        let mut registrations = txn
-            .open_table(REGISTRATIONS)
-            .map_err(CommitError::database)?;
-        for ((app, ua), present) in &changes.registrations {
-            let key = pair(app.as_str(), ua.as_str());
-            if *present {
-                registrations.insert(key.as_str(), [].as_slice())
-            } else {
-                registrations.remove(key.as_str())
-            }
-            .map_err(CommitError::database)?;
-        }
-        let mut notifications = txn
-            .open_table(NOTIFICATIONS)
-            .map_err(CommitError::database)?;
-        let mut payloads = txn.open_table(PAYLOADS).map_err(CommitError::database)?;
-        for (id, record) in &changes.notifications {
-            match record {
-                Some(r) => notifications.insert(id.as_str(), serde_json::to_vec(r)?.as_slice()),
-                None => {
-                    payloads
-                        .remove(id.as_str())
-                        .map_err(CommitError::database)?;
-                    notifications.remove(id.as_str())
-                }
-            }
-            .map_err(CommitError::database)?;
-        }
-        for (id, payload) in &changes.payloads {
-            payloads
-                .insert(id.as_str(), encode_payload(payload)?.as_slice())
-                .map_err(CommitError::database)?;
-        }
-        let mut deliveries = txn.open_table(DELIVERIES).map_err(CommitError::database)?;
-        for (id, ua, record) in changes
-            .deliveries
-            .iter()
-            .flat_map(|(id, of)| of.iter().map(move |(ua, r)| (id, ua, r)))
-        {
-            let key = pair(id.as_str(), ua.as_str());
-            match record {
-                Some(r) => deliveries.insert(key.as_str(), serde_json::to_vec(r)?.as_slice()),
-                None => deliveries.remove(key.as_str()),
-            }
-            .map_err(CommitError::database)?;
+        put(Table::Notifications, id.as_str(), value);
+    }
+    for (id, payload) in &changes.payloads {
+        put(Table::Payloads, id.as_str(), Some(encode_payload(payload)?));
+    }
+    for (id, of) in &changes.deliveries {
+        for (ua, record) in of {
+            let value = record.as_ref().map(serde_json::to_vec).transpose()?;
+            put(Table::Deliveries, &pair(id.as_str(), ua.as_str()), value);
         }
     }
+    Ok(ops)
+}
+
+fn definition(table: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    match table {
+        Table::Uas => UAS,
+        Table::Apps => APPS,
+        Table::Registrations => REGISTRATIONS,
+        Table::Notifications => NOTIFICATIONS,
+        Table::Payloads => PAYLOADS,
+        Table::Deliveries => DELIVERIES,
+    }
+}
+
+fn apply(txn: &WriteTransaction, ops: &[Op]) -> Result<(), redb::Error> {
+    for run in ops.chunk_by(|a, b| a.table == b.table) {
+        let mut table = txn.open_table(definition(run[0].table))?;
+        for op in run {
+            match &op.value {
+                Some(value) => table.insert(op.key.as_str(), value.as_slice())?,
+                None => table.remove(op.key.as_str())?,
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Writes `ops` in one transaction, not synced to the disk: the log has them already, and
+/// the next [`checkpoint`] syncs them. Nothing of them is in the file if it fails.
+pub(crate) fn commit_ops(db: &Database, ops: &[Op]) -> Result<(), CommitError> {
+    let mut txn = db.begin_write().map_err(CommitError::database)?;
+    txn.set_durability(Durability::None)
+        .map_err(CommitError::database)?;
+    apply(&txn, ops)?;
+    txn.commit().map_err(CommitError::database)
+}
+
+/// The sequence number of the last record of the log the file holds.
+pub(crate) fn checkpointed(db: &Database) -> StoreResult<u64> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let meta = txn.open_table(META).map_err(unavailable)?;
+    let Some(seq) = meta.get(LOG_KEY).map_err(unavailable)? else {
+        return Ok(0);
+    };
+    seq.value()
+        .parse()
+        .map_err(|e| StoreError::corrupt("the store's log position", e))
+}
+
+/// A synced commit that holds every commit before it and records `seq` as the last record
+/// of the log they include, after applying `replay` (records of the log that follow the last
+/// checkpoint, at open).
+pub(crate) fn checkpoint(db: &Database, replay: &[Vec<Op>], seq: u64) -> Result<(), CommitError> {
+    let txn = db.begin_write().map_err(CommitError::database)?;
+    for ops in replay {
+        apply(&txn, ops)?;
+    }
+    txn.open_table(META)
+        .map_err(CommitError::database)?
+        .insert(LOG_KEY, seq.to_string().as_str())
+        .map_err(CommitError::database)?;
     txn.commit().map_err(CommitError::database)
 }
 

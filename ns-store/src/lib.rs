@@ -9,6 +9,9 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_trait::async_trait;
 use common::delivery::{DeliveryUpdate, StatusReport};
 use common::model::{App, AppToken, EpochSecs, Live, MessageId, UaId, UaRoute};
@@ -45,6 +48,9 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Resolves once what [`Store::stage_notification`] staged is stored durably.
+pub type Durable = Pin<Box<dyn Future<Output = StoreResult<()>> + Send>>;
 
 /// What [`Store::add_deliveries`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,6 +127,16 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// [`DeliveryStatus::can_become`]: common::delivery::DeliveryStatus::can_become
     async fn insert_notification(&self, n: &Notification, now: EpochSecs) -> StoreResult<()>;
+
+    /// Stores a notification as [`Store::insert_notification`] does, in two steps: returns
+    /// once every later write and read sees it, with a future that resolves once it is
+    /// stored durably. In between it may be routed and delivered, so that a UA connected
+    /// right now need not wait for the disk; its sender is answered only after the second
+    /// step. A store with a single step (the default) takes both before returning.
+    async fn stage_notification(&self, n: &Notification, now: EpochSecs) -> StoreResult<Durable> {
+        self.insert_notification(n, now).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 
     /// How many of the app's notifications are still owed at `now`: stored, neither replaced
     /// nor expired, and either not routed yet or with a delivery still outstanding (pending

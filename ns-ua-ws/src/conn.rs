@@ -5,8 +5,12 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
 
 use common::delivery::{DeliveryStatus, DeliveryUpdate};
 use common::messages::{front_end_queue, FrontEndMessage, RouteEvent};
@@ -17,17 +21,17 @@ use common::validate::{Code, ProtocolError};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use ns_broker::BrokerError;
 use ns_store::StoreError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::ProtocolError as FrameError;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::Outbound;
+use crate::registry::{self, Outbound};
 use crate::session::{Action, Close, Dialect, Session, Step};
 use crate::webpush::{self, ClientMessage};
 use crate::Shared;
@@ -43,9 +47,14 @@ const PENDING_PER_FRAME: usize = 100;
 const UNANSWERED_PINGS: u8 = 2;
 /// Most stored messages a Web Push UA is sent before it settles them.
 const WEBPUSH_BACKLOG: usize = 1000;
-/// Bytes read from the socket at once. Commands are a few hundred bytes; a larger frame
-/// still gets a buffer of its own size while it is read.
-const READ_BUFFER: usize = 1024;
+/// The read buffer every connection keeps: room for a command of either dialect (a
+/// `register/ua`, a `hello`, a `register` with its key are under 200 bytes). A larger
+/// frame still gets a buffer of its own size (and the connection keeps it, as large as the
+/// largest frame it was sent); the bytes of one come from the socket in reads of up to
+/// [`READ_AHEAD`] (see [`Transport`]).
+const READ_BUFFER: usize = 256;
+/// Most bytes read from the socket in one system call.
+const READ_AHEAD: usize = 8 * 1024;
 /// Largest client frame: commands are small.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// How long a closed connection waits for the client to end TCP before dropping it.
@@ -83,27 +92,131 @@ fn select_subprotocol(
     Ok(response)
 }
 
-/// Accepts the WebSocket handshake on `stream`, then runs the connection to its end.
-pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// The TCP stream under a connection's WebSocket. tungstenite asks for at most its read
+/// buffer's size ([`READ_BUFFER`]) at a time; this reads what the socket has, up to
+/// [`READ_AHEAD`], in one system call, and keeps what did not fit for the next asks, on the
+/// heap only until they have taken it. So the buffer every connection keeps for good stays
+/// small, and a large frame still comes in a few system calls rather than one per
+/// [`READ_BUFFER`] bytes.
+pub(crate) struct Transport {
+    stream: TcpStream,
+    /// Read from the socket and not asked for yet; without an allocation when empty.
+    ahead: BytesMut,
+}
+
+impl Transport {
+    fn new(stream: TcpStream) -> Self {
+        Transport {
+            stream,
+            ahead: BytesMut::new(),
+        }
+    }
+
+    /// The TCP stream; what was read ahead is dropped.
+    fn into_inner(self) -> TcpStream {
+        self.stream
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.ahead.is_empty() {
+            let n = buf.remaining().min(this.ahead.len());
+            buf.put_slice(&this.ahead[..n]);
+            this.ahead.advance(n);
+            if this.ahead.is_empty() {
+                this.ahead = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= READ_AHEAD {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let mut chunk = [0u8; READ_AHEAD];
+        let mut read = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+        let read = read.filled();
+        let n = buf.remaining().min(read.len());
+        buf.put_slice(&read[..n]);
+        if n < read.len() {
+            this.ahead = BytesMut::from(&read[n..]);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepts the WebSocket handshake on `stream`: the socket to [`serve`], and the client's
+/// address. `None` when the handshake failed.
+pub(crate) async fn accept(
+    stream: TcpStream,
+) -> Option<(WebSocketStream<Transport>, Option<IpAddr>)> {
     let peer = stream.peer_addr().ok().map(|a| a.ip());
-    // The handshake's room is given back once it is done.
+    // On the heap: the handshake's room is given back once it is done.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
+        Transport::new(stream),
         select_subprotocol,
         Some(ws_config()),
     ));
-    // Bound before it is used: a `match` on the handshake would keep its result, socket and
-    // all, alive for as long as the connection.
-    let mut ws = match handshake.await {
-        Ok(ws) => ws,
+    match handshake.await {
+        Ok(ws) => Some((ws, peer)),
         Err(e) => {
             tracing::debug!(error = %e, "WebSocket handshake failed");
-            return;
+            None
         }
-    };
-    run(&mut ws, peer, shared, shutdown).await;
-    // On the heap: only an ending connection needs the room to read what is left.
-    Box::pin(linger(ws.into_inner())).await;
+    }
+}
+
+/// Runs an accepted WebSocket connection to its end, then ends its TCP connection
+/// ([`linger`]). Meant to be a task of its own: the future is the connection's whole state
+/// while it is idle, with the socket in it once.
+pub(crate) fn serve(
+    ws: WebSocketStream<Transport>,
+    peer: Option<IpAddr>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    run(
+        ws,
+        peer,
+        shared,
+        shutdown,
+        |ws: WebSocketStream<Transport>| linger(ws.into_inner().into_inner()),
+    )
 }
 
 /// Ends the TCP connection once its WebSocket is closed. A FIN goes right away: Firefox
@@ -113,28 +226,32 @@ pub(crate) async fn serve(stream: TcpStream, shared: Arc<Shared>, shutdown: Canc
 /// closes with nothing unread: one closed with unread data sends a reset instead.
 async fn linger(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
-    let mut buf = vec![0u8; READ_BUFFER];
+    let mut buf = vec![0u8; 1024];
     let drain = async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} };
     let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
 }
 
 /// Runs one connection over `socket` until the client leaves, the UA is taken over, or
-/// `shutdown`; then releases its UA.
+/// `shutdown`; then releases its UA, and hands the socket to `end` (which ends its
+/// transport).
 ///
 /// Not an `async fn`: the arguments of one stay in its future for good even once moved,
 /// and the socket is the largest part of an idle connection's memory. The future returned
 /// holds it once, inside the [`Conn`].
-pub(crate) fn run<S>(
+pub(crate) fn run<S, E, F>(
     socket: S,
     peer: Option<IpAddr>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    end: E,
 ) -> impl Future<Output = ()>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    E: FnOnce(S) -> F,
+    F: Future<Output = ()>,
 {
     shared.metrics.connections.inc();
-    let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (tx, rx) = registry::queue(OUTBOUND_QUEUE);
     let conn = Conn {
         shared,
         id: ConnId::new(uuid::Uuid::new_v4().simple().to_string()),
@@ -144,7 +261,7 @@ where
         peer,
         unanswered_pings: 0,
     };
-    conn.run(rx, shutdown)
+    conn.run(rx, shutdown, end)
 }
 
 /// Records the UA as disconnected, unless a newer connection has taken it over.
@@ -171,7 +288,7 @@ struct Conn<S> {
     session: Session,
     socket: S,
     /// Sender of this connection's outbound queue, handed to the registry on register/ua.
-    tx: mpsc::Sender<Outbound>,
+    tx: registry::Sender,
     /// The client's address: the one `interface` it may give without the operator's leave.
     peer: Option<IpAddr>,
     /// Pings sent since the client last sent anything.
@@ -181,7 +298,7 @@ struct Conn<S> {
 /// What the connection's loop waited for.
 enum Input {
     Frame(Option<Result<Message, WsError>>),
-    Outbound(Option<Outbound>),
+    Outbound(Outbound),
     Ping,
     Shutdown,
 }
@@ -214,46 +331,58 @@ impl<S> Conn<S>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
-    /// The connection's whole life. (An `async fn` taking `mut self` would keep a second
-    /// copy of the connection in its future; the block below captures it once.)
+    /// The connection's whole life, then `end` with its socket. (An `async fn` taking
+    /// `mut self` would keep a second copy of the connection in its future; the block below
+    /// captures it once.)
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn would hold the connection twice"
     )]
-    fn run(
+    fn run<E, F>(
         mut self,
-        rx: mpsc::Receiver<Outbound>,
+        mut rx: registry::Receiver,
         shutdown: CancellationToken,
-    ) -> impl Future<Output = ()> {
+        end: E,
+    ) -> impl Future<Output = ()>
+    where
+        E: FnOnce(S) -> F,
+        F: Future<Output = ()>,
+    {
         async move {
-            self.serve(rx, shutdown).await;
-            let Conn {
-                shared,
-                id,
-                session,
-                ..
-            } = self;
-            if let Some(ua) = session.into_release() {
+            self.serve(&mut rx, &shutdown).await;
+            drop(rx);
+            // The socket stays where it is until `end` takes it: moved out to wait for the
+            // release, it would need room of its own beside the connection's.
+            if let Some(ua) = std::mem::take(&mut self.session).into_release() {
                 // On the heap: only an ending connection needs its room.
-                Box::pin(release(&shared, ua, id)).await;
+                Box::pin(release(&self.shared, ua, self.id.clone())).await;
             }
-            shared.metrics.connections.dec();
+            self.shared.metrics.connections.dec();
+            let Conn { socket, .. } = self;
+            Box::pin(end(socket)).await;
         }
     }
 
-    async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>, shutdown: CancellationToken) {
+    async fn serve(&mut self, rx: &mut registry::Receiver, shutdown: &CancellationToken) {
         let period = Duration::from_secs(self.shared.settings.ping_interval_secs.max(1));
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // A deadline moved on by one period each time it passes (a late tick comes at once,
+        // as an interval's would), kept in the connection's own future rather than boxed.
+        let ping = tokio::time::sleep(period);
+        tokio::pin!(ping);
         let end = loop {
             let input = tokio::select! {
                 frame = self.socket.next() => Input::Frame(frame),
                 outbound = rx.recv() => Input::Outbound(outbound),
-                _ = ping.tick() => Input::Ping,
-                _ = shutdown.cancelled() => Input::Shutdown,
+                () = &mut ping => {
+                    let next = ping.deadline() + period;
+                    ping.as_mut().reset(next);
+                    Input::Ping
+                }
+                () = shutdown.cancelled() => Input::Shutdown,
             };
             // On the heap: what an input leads to takes far more room than the wait for one,
             // and an idle connection should carry only the wait.
-            if let Err(end) = Box::pin(self.on_input(input, &mut rx)).await {
+            if let Err(end) = Box::pin(self.on_input(input, rx)).await {
                 break end;
             }
         };
@@ -274,11 +403,7 @@ where
         }
     }
 
-    async fn on_input(
-        &mut self,
-        input: Input,
-        rx: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), End> {
+    async fn on_input(&mut self, input: Input, rx: &mut registry::Receiver) -> Result<(), End> {
         if let Input::Frame(Some(Ok(_))) = &input {
             // Any frame shows the client is there, a pong or not.
             self.unanswered_pings = 0;
@@ -303,16 +428,15 @@ where
                 None => Err(End::Gone),
             },
             Input::Outbound(outbound) => match outbound {
-                Some(Outbound::Notify(queued)) => {
+                Outbound::Notify(queued) => {
                     if self.session.first_routed(&queued.message_id) {
                         self.send_notification(queued.frame).await
                     } else {
                         Ok(())
                     }
                 }
-                Some(Outbound::TakenOver) => Err(End::Close(self.session.taken_over())),
-                Some(Outbound::Resync) => self.resync().await,
-                None => Err(End::Gone),
+                Outbound::TakenOver => Err(End::Close(self.session.taken_over())),
+                Outbound::Resync => self.resync().await,
             },
             // A client that let the last pings go unanswered is gone, whatever TCP says.
             Input::Ping if self.unanswered_pings >= UNANSWERED_PINGS => {
@@ -371,7 +495,7 @@ where
     }
 
     /// Handles one client text frame.
-    async fn on_text(&mut self, text: &str, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), End> {
+    async fn on_text(&mut self, text: &str, rx: &mut registry::Receiver) -> Result<(), End> {
         match self.session.on_text(text, &self.shared.deps.secret) {
             Step::Do(action) => self.perform(action, rx).await,
             step => self.step(step).await,
@@ -391,28 +515,22 @@ where
         }
     }
 
-    async fn perform(
-        &mut self,
-        action: Action,
-        rx: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), End> {
+    async fn perform(&mut self, action: Action, rx: &mut registry::Receiver) -> Result<(), End> {
         match action {
-            Action::RegisterUa {
-                ua,
-                uatoken,
-                interface,
-            } => match self.check_interface(interface.as_ref()) {
-                Err(e) => self.step(Step::Reject(e)).await,
-                Ok(()) => match self.register_ua(&ua, interface).await {
-                    Ok(()) => {
-                        self.session.registered(uatoken, ua.clone());
-                        self.shared.metrics.registered.inc();
-                        self.send_text("OK").await?;
-                        self.send_pending(&ua, rx).await
-                    }
+            Action::RegisterUa { ua, interface } => {
+                match self.check_interface(interface.as_ref()) {
                     Err(e) => self.step(Step::Reject(e)).await,
-                },
-            },
+                    Ok(()) => match self.register_ua(&ua, interface).await {
+                        Ok(()) => {
+                            self.session.registered(ua.clone());
+                            self.shared.metrics.registered.inc();
+                            self.send_text("OK").await?;
+                            self.send_pending(&ua, rx).await
+                        }
+                        Err(e) => self.step(Step::Reject(e)).await,
+                    },
+                }
+            }
             Action::RegisterWa { ua, app } => {
                 match self.within_quota(&ua, &app.app_token).await {
                     Ok(true) => {}
@@ -616,11 +734,7 @@ where
     }
 
     /// Handles one text frame of a Web Push connection.
-    async fn on_push_text(
-        &mut self,
-        text: &str,
-        rx: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), End> {
+    async fn on_push_text(&mut self, text: &str, rx: &mut registry::Receiver) -> Result<(), End> {
         let message = webpush::parse(text).map_err(|reason| {
             tracing::debug!(reason, "malformed Web Push message");
             End::Close(Close::Protocol(reason))
@@ -634,7 +748,7 @@ where
                 if self.register_ua(&ua, None).await.is_err() {
                     return Err(End::Close(Close::Unavailable));
                 }
-                self.session.registered(uaid.clone(), ua.clone());
+                self.session.registered(ua.clone());
                 self.shared.metrics.registered.inc();
                 self.send_text(webpush::hello_reply(&uaid)).await?;
                 self.send_pending(&ua, rx).await
@@ -752,19 +866,15 @@ where
 
     /// Sends the UA's outstanding notifications right after `OK` (or `hello`), then whatever
     /// was routed here meanwhile, without sending any of them twice.
-    async fn send_pending(
-        &mut self,
-        ua: &UaId,
-        rx: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), End> {
+    async fn send_pending(&mut self, ua: &UaId, rx: &mut registry::Receiver) -> Result<(), End> {
         let limit = match self.session.dialect() {
             Dialect::WebPush => self.webpush_backlog(),
             _ => self.shared.settings.max_pending,
         };
         let ids = self.send_stored(ua, limit).await?;
         self.session.sent_after_ok(ids);
-        // Notifications routed here while the pending ones were read may be among them.        // Notifications routed here while the pending ones were read may be among them.
-        while let Ok(outbound) = rx.try_recv() {
+        // Notifications routed here while the pending ones were read may be among them.
+        while let Some(outbound) = rx.try_recv() {
             match outbound {
                 Outbound::Notify(queued) => {
                     if self.session.is_new(&queued.message_id)
@@ -985,6 +1095,7 @@ mod tests {
                 loopback,
                 self.shared.clone(),
                 self.shutdown.clone(),
+                |_| async {},
             ));
             Client {
                 to_server,
@@ -1322,7 +1433,14 @@ mod tests {
         let ws =
             tokio_tungstenite::WebSocketStream::from_raw_socket(server, role, Some(ws_config()))
                 .await;
-        let task = tokio::spawn(run(ws, None, f.shared.clone(), f.shutdown.clone()));
+        // The pipe closes when the connection drops its socket.
+        let task = tokio::spawn(run(
+            ws,
+            None,
+            f.shared.clone(),
+            f.shutdown.clone(),
+            |_| async {},
+        ));
         client.write_all(bytes).await.expect("the pipe is open");
         let mut sent = Vec::new();
         tokio::time::timeout(DEADLINE, client.read_to_end(&mut sent))
@@ -1331,6 +1449,47 @@ mod tests {
             .expect("a read");
         task.await.expect("no panic");
         sent
+    }
+
+    /// A frame many times the read buffer's size is read whole (in reads of up to
+    /// [`READ_AHEAD`]), and so is the frame right behind it, read ahead with its end.
+    #[tokio::test]
+    async fn a_frame_far_larger_than_the_read_buffer_is_read_whole() {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let f = fixture();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let ws = WebSocketStream::from_raw_socket(
+            Transport::new(server),
+            Role::Server,
+            Some(ws_config()),
+        )
+        .await;
+        let task = tokio::spawn(serve(ws, None, f.shared.clone(), f.shutdown.clone()));
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+
+        let ids: Vec<String> = (0..crate::frames::MAX_ACK_IDS)
+            .map(|i| format!("{i:040}"))
+            .collect();
+        let ack = json!({"command": "ack", "data": {"messageIds": ids}}).to_string();
+        assert!(ack.len() > 4 * READ_AHEAD && ack.len() < MAX_CLIENT_MESSAGE);
+        client.send(Message::Text(ack.into())).await.unwrap();
+        client.send(Message::Text("PING".into())).await.unwrap();
+        let mut next_text = async || match tokio::time::timeout(DEADLINE, client.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => text.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        };
+        let reply: Value = serde_json::from_str(&next_text().await).expect("JSON");
+        assert_eq!(reply["code"], Code::NoUaRegistered.number(), "{reply}");
+        assert_eq!(next_text().await, "PONG");
+        drop(client);
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("the connection ends")
+            .expect("no panic");
     }
 
     /// The server's Close frame: FIN and opcode 8, a payload under 126 bytes.

@@ -236,7 +236,7 @@ pub async fn run(
                 accepted_at,
                 admitted,
             };
-            handle(stream, http, shared, routes, shutdown)
+            handle(stream, http, shared, routes, shutdown, tasks.clone())
         },
     )
     .await;
@@ -257,13 +257,16 @@ struct Http {
     admitted: ns_http::Admitted,
 }
 
-/// Serves one TCP connection: a WebSocket upgrade or plain HTTP.
+/// Serves one TCP connection: a WebSocket upgrade or plain HTTP. An accepted WebSocket
+/// goes on as a task of its own on `tasks`, and this one ends: the connection is then held
+/// by the one future it runs (see [`conn::serve`]), not also by this one's.
 async fn handle<F>(
     stream: TcpStream,
     http: Http,
     shared: Arc<Shared>,
     routes: F,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) where
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
@@ -274,12 +277,15 @@ async fn handle<F>(
         Ok(Ok(upgrade)) => upgrade,
         _ => return,
     };
-    // Each branch on the heap: the task then holds only the one it runs, at its own size.
+    // A WebSocket goes on in a task of its own, sized for it alone; plain HTTP on the heap,
+    // so that this task holds only the branch it runs.
     if upgrade {
         // The HTTP connection limit is for connections not (yet) WebSockets: a front-end
         // holds far more UAs than it would let slow HTTP clients hold.
         drop(http.admitted);
-        Box::pin(conn::serve(stream, shared, shutdown)).await;
+        if let Some((ws, peer)) = conn::accept(stream).await {
+            tasks.spawn(conn::serve(ws, peer, shared, shutdown));
+        }
     } else {
         let Http {
             limits,

@@ -31,7 +31,6 @@ pub(crate) enum Action {
     /// Store the UA as live on this connection, answer `OK`, send what it is owed.
     RegisterUa {
         ua: UaId,
-        uatoken: String,
         interface: Option<Interface>,
     },
     /// Store the app and the UA's registration for it, answer the notify URL.
@@ -71,16 +70,26 @@ pub(crate) enum Dialect {
     WebPush,
 }
 
-/// What a connection has registered.
+/// What a connection has registered, and what it was sent.
+///
+/// Every idle connection carries one, so it is small: what only a connection that was sent
+/// something needs is in [`Sent`], allocated when first needed.
 #[derive(Debug, Default)]
 pub(crate) struct Session {
-    /// The uatoken (or uaid) registered, and its UA.
-    registered: Option<(String, UaId)>,
-    /// The notifications sent right after `OK`, sorted, while the ones routed here meanwhile
-    /// are drained: those must not go twice. (A sorted list rather than a set: every idle
-    /// connection carries this field.)
-    sent_after_ok: Vec<MessageId>,
+    /// The UA registered (its uatoken, or its uaid, verified). The token itself is not kept:
+    /// the UA is what a token names.
+    registered: Option<UaId>,
     dialect: Dialect,
+    /// What was sent on this connection; `None` while there is nothing to remember.
+    sent: Option<Box<Sent>>,
+}
+
+/// What a connection remembers of what it sent.
+#[derive(Debug, Default)]
+struct Sent {
+    /// The notifications sent right after `OK`, sorted, while the ones routed here meanwhile
+    /// are drained: those must not go twice.
+    sent_after_ok: Vec<MessageId>,
     /// Web Push: the stored messages sent from the backlog and not settled yet, sorted, and
     /// whether the store may hold more of them. The rest of a large backlog follows once these
     /// are settled, so a UA is never sent more than a bound of them at once.
@@ -88,9 +97,17 @@ pub(crate) struct Session {
     backlog_more: bool,
     /// The last notifications sent on this connection, oldest first, at most
     /// [`RECENT_SENT`]: a copy routed here again (a broker message handled twice, or routed
-    /// while its ack was being stored) is not sent again. Empty, so without an allocation,
-    /// on a connection that was sent nothing.
+    /// while its ack was being stored) is not sent again.
     recent: VecDeque<MessageId>,
+}
+
+impl Sent {
+    fn is_empty(&self) -> bool {
+        self.sent_after_ok.is_empty()
+            && self.backlog.is_empty()
+            && !self.backlog_more
+            && self.recent.is_empty()
+    }
 }
 
 /// How many of the notifications last sent on a connection it remembers.
@@ -113,30 +130,50 @@ impl Session {
         self.dialect
     }
 
+    /// What was sent, to be remembered.
+    fn sent_mut(&mut self) -> &mut Sent {
+        self.sent.get_or_insert_with(Box::default)
+    }
+
+    /// Gives back the room of [`Sent`] once there is nothing in it.
+    fn tidy(&mut self) {
+        if self.sent.as_ref().is_some_and(|sent| sent.is_empty()) {
+            self.sent = None;
+        }
+    }
+
     /// Web Push: these backlog messages were sent; `more` if the store may hold others.
     pub(crate) fn backlog_sent(&mut self, ids: impl IntoIterator<Item = MessageId>, more: bool) {
-        self.backlog = ids.into_iter().collect();
-        self.backlog.sort_unstable();
-        self.backlog_more = more;
+        let mut backlog: Vec<MessageId> = ids.into_iter().collect();
+        backlog.sort_unstable();
+        let sent = self.sent_mut();
+        sent.backlog = backlog;
+        sent.backlog_more = more;
+        self.tidy();
     }
 
     /// Web Push: the UA settled these; true when the backlog sent is all settled and the
     /// store may hold more, which are then to be sent.
     pub(crate) fn settled<'a>(&mut self, ids: impl IntoIterator<Item = &'a MessageId>) -> bool {
+        let Some(sent) = self.sent.as_mut() else {
+            return false;
+        };
         for id in ids {
-            if let Ok(i) = self.backlog.binary_search(id) {
-                self.backlog.remove(i);
+            if let Ok(i) = sent.backlog.binary_search(id) {
+                sent.backlog.remove(i);
             }
         }
-        if self.backlog.is_empty() {
-            self.backlog = Vec::new();
+        if sent.backlog.is_empty() {
+            sent.backlog = Vec::new();
         }
-        self.backlog.is_empty() && std::mem::take(&mut self.backlog_more)
+        let more = sent.backlog.is_empty() && std::mem::take(&mut sent.backlog_more);
+        self.tidy();
+        more
     }
 
     /// The UA registered on this connection, if any.
     pub(crate) fn ua(&self) -> Option<&UaId> {
-        self.registered.as_ref().map(|(_, ua)| ua)
+        self.registered.as_ref()
     }
 
     /// A text frame.
@@ -161,11 +198,7 @@ impl Session {
             Command::Ping => return Step::Pong,
             Command::RegisterUa { uatoken, interface } => {
                 return match self.check_register_ua(secret, &uatoken) {
-                    Ok(ua) => Step::Do(Action::RegisterUa {
-                        ua,
-                        uatoken,
-                        interface,
-                    }),
+                    Ok(ua) => Step::Do(Action::RegisterUa { ua, interface }),
                     Err(e) => Step::Reject(e),
                 }
             }
@@ -205,7 +238,7 @@ impl Session {
             ProtocolError::new(Code::BadUaToken, "uatoken not valid; get a new one")
         })?;
         match &self.registered {
-            Some((_, current)) if *current != ua => Err(ProtocolError::new(
+            Some(current) if *current != ua => Err(ProtocolError::new(
                 Code::Generic,
                 "this connection already holds another uatoken",
             )),
@@ -213,10 +246,11 @@ impl Session {
         }
     }
 
-    /// WA commands name the uatoken registered on this connection.
+    /// WA commands name the uatoken registered on this connection: the token whose UA
+    /// (its digest, [`crypto::ua_id`]) is the one registered.
     fn check_same_ua(&self, uatoken: &str) -> Result<UaId, ProtocolError> {
         match &self.registered {
-            Some((token, ua)) if token == uatoken => Ok(ua.clone()),
+            Some(ua) if *ua == crypto::ua_id(uatoken) => Ok(ua.clone()),
             _ => Err(not_registered()),
         }
     }
@@ -226,16 +260,18 @@ impl Session {
         self.ua().cloned().ok_or_else(not_registered)
     }
 
-    /// The `register/ua` was stored: the connection holds `ua` now.
-    pub(crate) fn registered(&mut self, uatoken: String, ua: UaId) {
-        self.registered = Some((uatoken, ua));
+    /// The `register/ua` (or `hello`) was stored: the connection holds `ua` now.
+    pub(crate) fn registered(&mut self, ua: UaId) {
+        self.registered = Some(ua);
     }
 
     /// These were sent right after `OK`; what is drained from the queue next is checked
     /// against them with [`Session::is_new`].
     pub(crate) fn sent_after_ok(&mut self, ids: impl IntoIterator<Item = MessageId>) {
-        self.sent_after_ok = ids.into_iter().collect();
-        self.sent_after_ok.sort_unstable();
+        let mut ids: Vec<MessageId> = ids.into_iter().collect();
+        ids.sort_unstable();
+        self.sent_mut().sent_after_ok = ids;
+        self.tidy();
     }
 
     /// Whether a notification routed here is to be sent: not when it went out on this
@@ -250,27 +286,39 @@ impl Session {
 
     /// Whether the notification went out on this connection lately.
     pub(crate) fn sent_lately(&self, id: &MessageId) -> bool {
-        self.recent.contains(id)
+        self.sent
+            .as_ref()
+            .is_some_and(|sent| sent.recent.contains(id))
     }
 
     /// Notifications sent on this connection, from the store or routed here.
     pub(crate) fn remember_sent(&mut self, ids: impl IntoIterator<Item = MessageId>) {
+        let mut ids = ids.into_iter().peekable();
+        if ids.peek().is_none() {
+            return;
+        }
+        let recent = &mut self.sent_mut().recent;
         for id in ids {
-            if self.recent.len() == RECENT_SENT {
-                self.recent.pop_front();
+            if recent.len() == RECENT_SENT {
+                recent.pop_front();
             }
-            self.recent.push_back(id);
+            recent.push_back(id);
         }
     }
 
     /// Whether a notification routed here during the pending send still needs sending.
     pub(crate) fn is_new(&self, id: &MessageId) -> bool {
-        self.sent_after_ok.binary_search(id).is_err()
+        self.sent
+            .as_ref()
+            .is_none_or(|sent| sent.sent_after_ok.binary_search(id).is_err())
     }
 
     /// The queue is drained: from now on everything routed here is new.
     pub(crate) fn drained(&mut self) {
-        self.sent_after_ok = Vec::new();
+        if let Some(sent) = self.sent.as_mut() {
+            sent.sent_after_ok = Vec::new();
+        }
+        self.tidy();
     }
 
     /// The UA registered on another connection, which owns it now: this one closes with
@@ -282,7 +330,7 @@ impl Session {
 
     /// What to release when the connection ends: the UA it still holds.
     pub(crate) fn into_release(self) -> Option<UaId> {
-        self.registered.map(|(_, ua)| ua)
+        self.registered
     }
 }
 
@@ -318,12 +366,11 @@ mod tests {
     fn register_ua_needs_a_genuine_token_and_its_refusal_closes() {
         let session = Session::default();
         let token = crypto::new_uatoken(&secret());
-        let Step::Do(Action::RegisterUa { ua, uatoken, .. }) =
+        let Step::Do(Action::RegisterUa { ua, .. }) =
             session.on_text(&frame("register/ua", json!({"uatoken": token})), &secret())
         else {
             panic!("a genuine token registers");
         };
-        assert_eq!(uatoken, token);
         assert_eq!(Some(ua), crypto::verify_uatoken(&secret(), &token));
 
         let forged = crypto::new_uatoken(&Secret::new("another secret!!"));
@@ -353,7 +400,7 @@ mod tests {
         );
 
         let ua = crypto::ua_id(&token);
-        session.registered(token.clone(), ua.clone());
+        session.registered(ua.clone());
         assert_eq!(session.ua(), Some(&ua));
         let Step::Do(Action::RegisterWa { ua: for_ua, app }) = session.on_text(&wa, &secret())
         else {
@@ -467,9 +514,9 @@ mod tests {
         let token = crypto::new_uatoken(&secret());
         let ua = crypto::ua_id(&token);
         let mut session = Session::default();
-        session.registered(token.clone(), ua.clone());
+        session.registered(ua.clone());
         let mut kept = Session::default();
-        kept.registered(token, ua.clone());
+        kept.registered(ua.clone());
         assert_eq!(kept.into_release(), Some(ua));
         assert_eq!(session.taken_over(), Close::TakenOver);
         assert_eq!(session.into_release(), None);
