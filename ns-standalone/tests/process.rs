@@ -14,6 +14,12 @@ const DEADLINE: Duration = Duration::from_secs(30);
 async fn standalone() -> Cluster {
     let options = Options {
         processes: vec![(Role::Standalone, env!("CARGO_BIN_EXE_ns-standalone").into())],
+        // Room for every notification the kill -9 test's senders may get answered (8 × 1,000)
+        // before the kill: past the quota, a UA would be owed none of the rest.
+        monitor: ns_msg_monitor::Settings {
+            max_pending_per_ua: 10_000,
+            ..Default::default()
+        },
         ..Default::default()
     };
     Cluster::start_with(Backend::Embedded, options).await
