@@ -391,7 +391,7 @@ impl Committer {
         let ops = tables::ops(changes)?;
         let start = self
             .wal
-            .append(&wal::encode_ops(&ops), false)
+            .append(&wal::encode_ops(&ops))
             .map_err(CommitError::Log)?;
         if let Err(e) = tables::commit_ops(&self.db, &ops) {
             // Its callers are told it failed: no replay may apply it later.

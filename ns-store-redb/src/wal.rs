@@ -182,9 +182,9 @@ impl Wal {
         self.offset
     }
 
-    /// Appends one record; with `sync`, returns once it (and every record before it) is on
-    /// the disk. Returns where it starts, for [`Wal::undo`].
-    pub(crate) fn append(&mut self, payload: &[u8], sync: bool) -> io::Result<u64> {
+    /// Appends one record, not synced: a sync of the file (the store's syncer) makes it and
+    /// every record before it durable. Returns where it starts, for [`Wal::undo`].
+    pub(crate) fn append(&mut self, payload: &[u8]) -> io::Result<u64> {
         let seq = self.next_seq;
         let len = u32::try_from(payload.len())
             .ok()
@@ -199,9 +199,6 @@ impl Wal {
         let end = start + record.len() as u64;
         self.grow_to(end)?;
         self.file.write_all_at(&record, start)?;
-        if sync {
-            self.file.sync_data()?;
-        }
         self.offset = end;
         self.next_seq = seq.wrapping_add(1);
         Ok(start)
@@ -313,7 +310,7 @@ mod tests {
         let (mut wal, replay) = Wal::open(&path, 0).unwrap();
         assert!(replay.is_empty());
         for i in 0..5u8 {
-            wal.append(&[i; 3], i % 2 == 0).unwrap();
+            wal.append(&[i; 3]).unwrap();
         }
         assert_eq!(wal.last_seq(), 5);
         drop(wal);
@@ -333,11 +330,11 @@ mod tests {
         let path = dir.path().join("log");
         let (mut wal, _) = Wal::open(&path, 0).unwrap();
         for _ in 0..4 {
-            wal.append(b"older and longer", false).unwrap();
+            wal.append(b"older and longer").unwrap();
         }
         // A checkpoint holds 1..=4.
         wal.restart();
-        wal.append(b"new", true).unwrap();
+        wal.append(b"new").unwrap();
         drop(wal);
         let (wal, replay) = Wal::open(&path, 4).unwrap();
         assert_eq!(replay, vec![(5, b"new".to_vec())]);
@@ -349,9 +346,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let (mut wal, _) = Wal::open(&path, 0).unwrap();
-        wal.append(b"one", true).unwrap();
-        let second = wal.append(b"two", true).unwrap();
-        wal.append(b"three", true).unwrap();
+        wal.append(b"one").unwrap();
+        let second = wal.append(b"two").unwrap();
+        wal.append(b"three").unwrap();
         drop(wal);
         // A flipped byte in the second record's payload.
         let file = OpenOptions::new().write(true).open(&path).unwrap();
@@ -360,9 +357,9 @@ mod tests {
         assert_eq!(replay, vec![(1, b"one".to_vec())]);
 
         let (mut wal, _) = Wal::open(&path, 1).unwrap();
-        let start = wal.append(b"failed", true).unwrap();
+        let start = wal.append(b"failed").unwrap();
         wal.undo(start).unwrap();
-        wal.append(b"retried", true).unwrap();
+        wal.append(b"retried").unwrap();
         drop(wal);
         let (_, replay) = Wal::open(&path, 1).unwrap();
         assert_eq!(replay, vec![(2, b"retried".to_vec())]);
