@@ -182,8 +182,11 @@ impl State {
             .unwrap_or_else(|e| e.into_inner())
             .pulled(&ua);
         self.metrics.pulls.inc();
+        // Both store calls may have been slow: what expired meanwhile is left out.
+        let after = self.deps.clock.now();
         let frames: Vec<_> = messages
             .iter()
+            .filter(|n| !n.is_expired(after))
             .map(|n| n.to_frame(&self.deps.notify_base_url))
             .collect();
         Ok(warp::reply::json(&serde_json::json!({ "messages": frames })).into_response())

@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{self, Outbound};
+use crate::registry::{self, Outbound, Queued};
 use crate::session::{Action, Close, Dialect, Session, Step};
 use crate::webpush::{self, ClientMessage};
 use crate::Shared;
@@ -429,7 +429,7 @@ where
             },
             Input::Outbound(outbound) => match outbound {
                 Outbound::Notify(queued) => {
-                    if self.session.first_routed(&queued.message_id) {
+                    if self.fresh(&queued) && self.session.first_routed(&queued.message_id) {
                         self.send_notification(queued.frame).await
                     } else {
                         Ok(())
@@ -481,6 +481,15 @@ where
             .send(Message::Text(text.into()))
             .await
             .map_err(|_| End::Gone)
+    }
+
+    /// Not past its TTL: it may have waited in the queue since it was routed.
+    fn fresh(&self, queued: &Queued) -> bool {
+        if queued.is_expired(self.shared.deps.clock.now()) {
+            self.shared.metrics.expired.inc();
+            return false;
+        }
+        true
     }
 
     async fn send_notification(&mut self, frame: Utf8Bytes) -> Result<(), End> {
@@ -693,6 +702,15 @@ where
         pending: Vec<Notification>,
         now: EpochSecs,
     ) -> Result<Vec<MessageId>, End> {
+        // The read may have been slow: what expired meanwhile stays unsent.
+        let mut pending = pending;
+        let read = pending.len();
+        let after = self.shared.deps.clock.now();
+        pending.retain(|n| !n.is_expired(after));
+        self.shared
+            .metrics
+            .expired
+            .add((read - pending.len()) as i64);
         let texts = frames_of(&pending, &self.shared.deps.notify_base_url).map_err(|e| {
             tracing::error!(error = %e, "encoding pending notifications failed");
             End::Gone
@@ -877,7 +895,8 @@ where
         while let Some(outbound) = rx.try_recv() {
             match outbound {
                 Outbound::Notify(queued) => {
-                    if self.session.is_new(&queued.message_id)
+                    if self.fresh(&queued)
+                        && self.session.is_new(&queued.message_id)
                         && self.session.first_routed(&queued.message_id)
                     {
                         self.send_notification(queued.frame).await?;
@@ -951,7 +970,6 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::registry::Queued;
     use crate::{Deps, Settings};
 
     const DEADLINE: Duration = Duration::from_secs(10);
@@ -1137,10 +1155,7 @@ mod tests {
 
         fn queued(&self, n: &Notification) -> Outbound {
             let frame = serde_json::to_string(&[n.to_frame("http://push.example")]).unwrap();
-            Outbound::Notify(Box::new(Queued {
-                message_id: n.message_id.clone(),
-                frame: frame.into(),
-            }))
+            Outbound::Notify(Box::new(Queued::new(n, frame.into())))
         }
 
         async fn live_conn(&self, ua: &UaId) -> Option<ConnId> {
@@ -1221,6 +1236,34 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(report.deliveries[0].status, DeliveryStatus::Sent);
+        client.leave().await;
+    }
+
+    /// A notification that expired while it waited in the connection's queue is not sent;
+    /// the next one is.
+    #[tokio::test]
+    async fn what_expired_in_the_queue_is_not_sent() {
+        let f = fixture();
+        let token = crypto::new_uatoken(&f.secret);
+        let ua = crypto::ua_id(&token);
+        let mut client = f.registered(&token).await;
+        let fresh = f.pending(&ua, "fresh").await;
+        let stale = Notification {
+            id: "stale".into(),
+            message_id: MessageId::new("stale-id"),
+            expires_at: Clock::system().now(),
+            ..fresh.clone()
+        };
+        for n in [&stale, &fresh] {
+            assert!(
+                f.shared
+                    .connections
+                    .send_to(&ua, f.queued(n), DEADLINE)
+                    .await
+            );
+        }
+        assert_eq!(ids(&client.json().await), ["fresh"]);
+        assert_eq!(f.shared.metrics.expired.get(), 1);
         client.leave().await;
     }
 

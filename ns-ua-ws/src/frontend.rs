@@ -106,10 +106,7 @@ async fn deliver(shared: &Shared, n: Notification, targets: Vec<UaId>) -> Handle
     };
     // One slow connection must not hold up the others of a fan-out.
     let attempts = targets.into_iter().map(|ua| {
-        let outbound = Outbound::Notify(Box::new(Queued {
-            message_id: n.message_id.clone(),
-            frame: frame.clone(),
-        }));
+        let outbound = Outbound::Notify(Box::new(Queued::new(&n, frame.clone())));
         async move {
             let here = shared
                 .connections

@@ -113,7 +113,7 @@ impl Metrics {
             ),
             expired: r.counter(
                 "ns_ws_expired_total",
-                "Notifications routed here that had expired by the time they came.",
+                "Notifications that had expired by the time they were to be sent here.",
             ),
         }
     }

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use common::model::{ConnId, MessageId, UaId};
+use common::model::{ConnId, EpochSecs, MessageId, UaId};
+use common::notification::Notification;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -28,6 +29,23 @@ pub(crate) enum Outbound {
 pub(crate) struct Queued {
     pub(crate) message_id: MessageId,
     pub(crate) frame: Utf8Bytes,
+    /// When it may no longer be sent; `None` for a `ttl: 0` one, sent only now.
+    pub(crate) expires_at: Option<EpochSecs>,
+}
+
+impl Queued {
+    pub(crate) fn new(n: &Notification, frame: Utf8Bytes) -> Self {
+        Queued {
+            message_id: n.message_id.clone(),
+            frame,
+            expires_at: (!n.is_ephemeral()).then_some(n.expires_at),
+        }
+    }
+
+    /// Past its TTL: a connection checks right before it writes, since a queue can be slow.
+    pub(crate) fn is_expired(&self, now: EpochSecs) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 struct Handle {
@@ -261,6 +279,7 @@ mod tests {
         Outbound::Notify(Box::new(Queued {
             message_id: MessageId::new(id),
             frame: Utf8Bytes::from_static("[]"),
+            expires_at: None,
         }))
     }
 
