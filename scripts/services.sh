@@ -2,7 +2,8 @@
 # Backing services of the distributed push server, on this machine:
 #   - RabbitMQ (Debian's rabbitmq-server), AMQP on 127.0.0.1:5672, user guest/guest;
 #   - a MongoDB-wire server (SecantusDB 0.7.0b3) on 127.0.0.1:${NS_MONGO_PORT:-27017};
-# and the Web Push peers the tests drive: Debian's firefox-esr and pywebpush (PyPI).
+# and the Web Push peers the tests drive: Debian's firefox-esr, pywebpush (PyPI) and the npm
+# web-push library (with Debian's nodejs and npm when they are missing).
 #
 # Usage: scripts/services.sh start|stop|status
 #   start   installs what is missing (the Web Push peers too), starts what is not running (reusing whatever already
@@ -15,6 +16,7 @@
 #   NS_MONGO_PORT        port of the MongoDB-wire server (default 27017)
 #   NS_SERVICES_DIR      data, logs and pid files (default /tmp/ns-services)
 #   NS_SERVICES_TIMEOUT  seconds to wait for each service to answer (default 120)
+#   NS_NPM_PREFIX        where npm installs web-push (default /opt/ns-peers/npm)
 #   RABBITMQ_NODENAME, RABBITMQ_NODE_PORT  RabbitMQ's own settings, honoured as usual
 set -euo pipefail
 
@@ -27,6 +29,7 @@ TIMEOUT="${NS_SERVICES_TIMEOUT:-120}"
 MONGO_PID="$DIR/secantusd-$MONGO_PORT.pid"
 MONGO_LOG="$DIR/secantusd-$MONGO_PORT.log"
 RABBIT_MARK="$DIR/rabbitmq-$AMQP_PORT.started"
+NPM_PREFIX="${NS_NPM_PREFIX:-/opt/ns-peers/npm}"
 
 say() { echo "services: $*"; }
 die() { echo "services: error: $*" >&2; exit 1; }
@@ -127,6 +130,16 @@ install_peers() {
     if ! python3 -c "import pywebpush" 2>/dev/null; then
         say "installing pywebpush (pip)"
         PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q pywebpush
+    fi
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        say "installing nodejs and npm (apt-get)"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+    fi
+    # The tests find it with NODE_PATH=$NS_NPM_PREFIX/node_modules.
+    if [[ ! -f $NPM_PREFIX/node_modules/web-push/package.json ]]; then
+        say "installing web-push into $NPM_PREFIX (npm)"
+        npm install --silent --no-audit --no-fund --prefix "$NPM_PREFIX" web-push
     fi
 }
 

@@ -10,8 +10,8 @@ mod webpush;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use clap::Args;
 use common::crypto::{PublicKey, Secret};
@@ -22,7 +22,7 @@ use common::validate::{
     validate_notify, Code, NotifyLimits, ProtocolError, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_MESSAGE,
 };
 use ns_broker::Broker;
-use ns_runtime::metrics::{Metric, Registry};
+use ns_runtime::metrics::{Histogram, Metric, Registry, LATENCY_BUCKETS};
 use ns_runtime::Clock;
 use ns_store::Store;
 use serde::Serialize;
@@ -140,7 +140,13 @@ struct Metrics {
     accepted: Arc<Metric>,
     rejected: Arc<Metric>,
     unavailable: Arc<Metric>,
+    /// Request in to answer, accepted or not, per dialect.
+    notify_telefonica: Arc<Histogram>,
+    notify_webpush: Arc<Histogram>,
 }
+
+/// The histogram of notify handling times.
+const NOTIFY_DURATION: &str = "ns_as_notify_duration_seconds";
 
 /// What an app needs at notify time; `None` key means the app sends unsigned.
 type CachedApp = Option<Arc<PublicKey>>;
@@ -183,7 +189,10 @@ pub fn routes(
             "ns_as_unavailable_total",
             "Notifications refused because the store or broker was unavailable.",
         ),
+        notify_telefonica: notify_histogram(&deps.registry, "telefonica"),
+        notify_webpush: notify_histogram(&deps.registry, "webpush"),
     };
+    let refusals = ns_http::Refusals::new("ns-as", &deps.registry, &webpush::refusals());
     let max_body = settings.max_body();
     let state = Arc::new(State {
         limiter: RateLimiter::new(settings.rate_limit, settings.rate_burst),
@@ -211,32 +220,10 @@ pub fn routes(
         .and(with_state.clone())
         .then(
             move |app_token: String, body, state: Arc<State>| async move {
-                let read = ns_http::read_body(&mut Box::pin(body), max_body).await;
-                let body = match read {
-                    Ok(body) => body,
-                    Err(e) => {
-                        state.metrics.rejected.inc();
-                        return ns_http::error_reply(&e.protocol_error());
-                    }
-                };
-                match notify(&state, AppToken::new(app_token), &body).await {
-                    Ok(message_id) => {
-                        state.metrics.accepted.inc();
-                        warp::reply::json(&Accepted {
-                            status: "ACCEPTED",
-                            message_id: message_id.as_str(),
-                        })
-                        .into_response()
-                    }
-                    Err(e) => {
-                        if e.code == Code::Unavailable {
-                            state.metrics.unavailable.inc();
-                        } else {
-                            state.metrics.rejected.inc();
-                        }
-                        error_response(&e, &state)
-                    }
-                }
+                let start = Instant::now();
+                let response = notify_request(&state, app_token, body, max_body).await;
+                state.metrics.notify_telefonica.since(start);
+                response
             },
         );
 
@@ -269,9 +256,15 @@ pub fn routes(
         .and(with_state.clone())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(|version, token, state, headers, body| {
-            webpush::push(state, version, token, headers, Box::pin(body))
-        });
+        .then(
+            |version, token, state: Arc<State>, headers, body| async move {
+                let start = Instant::now();
+                let histogram = state.metrics.notify_webpush.clone();
+                let response = webpush::push(state, version, token, headers, Box::pin(body)).await;
+                histogram.since(start);
+                response
+            },
+        );
     let discovery = warp::path!("wpush" / String / String)
         .and(warp::get())
         .and(with_state.clone())
@@ -291,7 +284,7 @@ pub fn routes(
         store: Some(deps.store),
         broker: Some(deps.broker),
     };
-    notify
+    let routes = notify
         .or(status)
         .unify()
         .or(push)
@@ -305,7 +298,56 @@ pub fn routes(
         .or(ns_http::ops_routes(health, deps.registry))
         .unify()
         .recover(ns_http::recover)
-        .unify()
+        .unify();
+    ns_http::counted(routes, refusals)
+}
+
+fn notify_histogram(registry: &Registry, dialect: &str) -> Arc<Histogram> {
+    registry.histogram(
+        NOTIFY_DURATION,
+        "Time from a notify request (or push message) in to its answer, by dialect.",
+        &[("dialect", dialect)],
+        LATENCY_BUCKETS,
+    )
+}
+
+/// `POST /notify/{appToken}`: reads the body and accepts one notification.
+async fn notify_request<S, B>(
+    state: &State,
+    app_token: String,
+    body: S,
+    max_body: usize,
+) -> Response
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: warp::Buf,
+{
+    let read = ns_http::read_body(&mut Box::pin(body), max_body).await;
+    let body = match read {
+        Ok(body) => body,
+        Err(e) => {
+            state.metrics.rejected.inc();
+            return ns_http::error_reply(&e.protocol_error());
+        }
+    };
+    match notify(state, AppToken::new(app_token), &body).await {
+        Ok(message_id) => {
+            state.metrics.accepted.inc();
+            warp::reply::json(&Accepted {
+                status: "ACCEPTED",
+                message_id: message_id.as_str(),
+            })
+            .into_response()
+        }
+        Err(e) => {
+            if e.code == Code::Unavailable {
+                state.metrics.unavailable.inc();
+            } else {
+                state.metrics.rejected.inc();
+            }
+            error_response(&e, state)
+        }
+    }
 }
 
 fn error_response(error: &ProtocolError, state: &State) -> Response {
@@ -507,8 +549,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     declare_queue(&deps, &shutdown).await;
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "ns-as listening");
+    let url = ns_http::listening_url(&listener)?;
+    tracing::info!("listening on {url} (notify)");
     ns_http::serve(listener, routes(settings, deps), shutdown).await;
     Ok(())
 }

@@ -2,8 +2,7 @@
 
 use clap::Parser;
 use ns_distributed::BackendConfig;
-use ns_runtime::config::{LogConfig, Problems, PublicUrlConfig, SecretConfig};
-use ns_runtime::metrics::Registry;
+use ns_runtime::config::{LogConfig, PublicUrlConfig, SecretConfig};
 use ns_runtime::Clock;
 
 /// NS-AS: accepts notifications from application servers.
@@ -18,6 +17,8 @@ struct Cli {
     #[command(flatten)]
     http: ns_http::HttpLimits,
     #[command(flatten)]
+    tls: ns_runtime::tls::TlsConfig,
+    #[command(flatten)]
     secret: SecretConfig,
     #[command(flatten)]
     public: PublicUrlConfig,
@@ -29,11 +30,11 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let mut problems = Problems::default();
+    let (cli, mut problems) = ns_runtime::cli::parse::<Cli>();
     problems.extend(cli.settings.problems());
     let secret = problems.check(cli.secret.require());
     problems.check(cli.public.check());
+    let tls = problems.check(cli.tls.load()).flatten();
     problems.exit_if_any();
     let Some(secret) = secret else {
         return Ok(());
@@ -44,13 +45,13 @@ async fn main() -> anyhow::Result<()> {
     let deps = ns_as::Deps {
         store: started.backends.store,
         broker: started.backends.broker,
-        registry: Registry::default(),
+        registry: started.backends.registry,
         clock: Clock::system(),
         secret,
         public_base_url: cli.public.notify_base_url,
     };
     let run = ns_as::run(cli.settings, started.listener, deps, started.shutdown);
-    ns_http::with_limits(cli.http, run).await
+    ns_http::with_tls(tls, ns_http::with_limits(cli.http, run)).await
 }
 
 #[cfg(test)]

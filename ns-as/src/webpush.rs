@@ -360,6 +360,10 @@ fn error_reply(error: &PushError, state: &State) -> Response {
         "message": error.message,
     });
     let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
+    ns_http::mark(
+        &mut response,
+        ns_http::Refusal::webpush(status.as_u16(), Some(error.kind.errno())),
+    );
     let retry = match error.kind {
         PushErrorKind::RateLimited => Some(state.limiter.retry_after_secs()),
         PushErrorKind::Unavailable => Some(RETRY_UNAVAILABLE_SECS),
@@ -371,6 +375,29 @@ fn error_reply(error: &PushError, state: &State) -> Response {
             .insert("retry-after", HeaderValue::from(secs));
     }
     response
+}
+
+/// Every refusal of a push request, registered up front.
+pub(crate) fn refusals() -> Vec<ns_http::Refusal> {
+    use PushErrorKind as K;
+    [
+        K::MissingHeader,
+        K::BadTtl,
+        K::BadTopic,
+        K::BadUrgency,
+        K::BadEncoding,
+        K::MissingCryptoKeys,
+        K::Unauthorized,
+        K::NotFound,
+        K::Gone,
+        K::TooBig,
+        K::RateLimited,
+        K::QuotaExceeded,
+        K::Unavailable,
+    ]
+    .into_iter()
+    .map(|kind| ns_http::Refusal::webpush(status_of(kind).as_u16(), Some(kind.errno())))
+    .collect()
 }
 
 /// What a sender refused with 503 is told to wait.

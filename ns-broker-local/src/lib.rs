@@ -315,6 +315,41 @@ mod tests {
 
     ns_broker::conformance_tests!(fixture);
 
+    /// The timing decorator keeps every behaviour of the broker it wraps.
+    mod timed {
+        use super::*;
+        use ns_runtime::metrics::Registry;
+
+        async fn fixture() -> TimedFixture {
+            let registry = Registry::default();
+            TimedFixture(
+                ns_broker::Timed::wrap(Arc::new(LocalBroker::new()), &registry),
+                registry,
+            )
+        }
+
+        struct TimedFixture(Arc<dyn Broker>, Registry);
+
+        #[async_trait]
+        impl ns_broker::conformance::Fixture for TimedFixture {
+            fn broker(&self) -> &dyn Broker {
+                self.0.as_ref()
+            }
+
+            async fn tear_down(self) {
+                let text = self.1.render();
+                assert!(
+                    text.contains(
+                        "ns_broker_operation_duration_seconds_count{operation=\"publish\"}"
+                    ),
+                    "{text}"
+                );
+            }
+        }
+
+        ns_broker::conformance_tests!(fixture);
+    }
+
     #[tokio::test]
     async fn nack_requeues_at_the_back() {
         let broker = LocalBroker::new();

@@ -8,8 +8,10 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod consume;
+mod timed;
 
 pub use consume::{consume, Consumer, Handled};
+pub use timed::{Timed, HANDLING_DURATION, OPERATION_DURATION};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -14,6 +14,7 @@ use ns_broker::Broker;
 use ns_broker_amqp::AmqpBroker;
 use ns_runtime::config::LogConfig;
 use ns_runtime::listen::Listeners;
+use ns_runtime::metrics::Registry;
 use ns_store::Store;
 use ns_store_mongo::MongoStore;
 use tokio::net::TcpListener;
@@ -71,10 +72,12 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The store and broker of a distributed service.
+/// The store and broker of a distributed service, each timed into `registry`: the
+/// service's metrics, to hand to it.
 pub struct Backends {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
+    pub registry: Registry,
 }
 
 /// Connects to MongoDB and RabbitMQ, retrying until both answer; `None` if `shutdown`
@@ -89,9 +92,11 @@ pub async fn connect(config: &BackendConfig, shutdown: &CancellationToken) -> Op
     })
     .await?;
     tracing::info!("connected to MongoDB and RabbitMQ");
+    let registry = Registry::default();
     Some(Backends {
-        store: Arc::new(store),
-        broker: Arc::new(broker),
+        store: ns_store::Timed::wrap(Arc::new(store), &registry),
+        broker: ns_broker::Timed::wrap(Arc::new(broker), &registry),
+        registry,
     })
 }
 

@@ -1,16 +1,21 @@
 //! The HTTP edge shared by every service: the one mapping of protocol codes to HTTP
 //! statuses, protocol error replies, `/health` and `/metrics`, reading bodies up to a limit,
-//! and serving within [`HttpLimits`] with graceful shutdown.
+//! and serving within [`HttpLimits`], over TLS when the process has it, with graceful
+//! shutdown.
 
 mod body;
 mod health;
+mod refusals;
 mod server;
+pub mod tls;
 
 pub use body::{drain, read_body, BodyError, DRAIN_LIMIT};
 pub use health::Health;
+pub use refusals::{counted, mark, Refusal, Refusals, REFUSALS};
 pub use server::{
     accept, limits, serve, serve_connection, serve_with, with_limits, Admitted, HttpLimits,
 };
+pub use tls::{with_tls, Incoming, Stream};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,6 +27,17 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
+
+/// The base URL of `listener`'s port as clients reach it (`https://` under [`with_tls`],
+/// else `http://`), for the start-up line that says where a service listens.
+pub fn listening_url(listener: &tokio::net::TcpListener) -> std::io::Result<String> {
+    let scheme = if tls::tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(format!("{scheme}://{}", listener.local_addr()?))
+}
 
 /// The HTTP status of each protocol code (§6).
 pub fn status_of(code: Code) -> StatusCode {
@@ -66,6 +82,7 @@ pub fn error_reply(error: &ProtocolError) -> Response {
             .headers_mut()
             .insert("retry-after", warp::http::HeaderValue::from_static("1"));
     }
+    mark(&mut response, Refusal::telefonica(error.code));
     response
 }
 
@@ -143,5 +160,34 @@ mod tests {
         assert_eq!(res.status(), 200);
         let res = warp::test::request().path("/metrics").reply(&routes).await;
         assert!(String::from_utf8_lossy(res.body()).contains("ns_test_total 1"));
+    }
+
+    #[tokio::test]
+    async fn refusals_are_counted_by_service_and_code() {
+        let registry = Registry::default();
+        let refusals = Refusals::new("ns-test", &registry, &[]);
+        let routes = counted(
+            ops_routes(Health::default(), registry.clone())
+                .recover(recover)
+                .unify(),
+            refusals.clone(),
+        );
+        for _ in 0..2 {
+            let res = warp::test::request().path("/nope").reply(&routes).await;
+            assert_eq!(res.status(), 404);
+        }
+        let res = warp::test::request().path("/health").reply(&routes).await;
+        assert_eq!(res.status(), 200);
+        refusals.count(Refusal::webpush(429, Some(201)));
+        let text = registry.render();
+        let line = |code: &str, n: u32| {
+            format!("ns_refusals_total{{service=\"ns-test\",dialect=\"telefonica\",code=\"{code}\"}} {n}\n")
+        };
+        assert!(text.contains(&line("404", 2)), "{text}");
+        assert!(text.contains(&line("465", 0)), "{text}");
+        assert!(
+            text.contains("ns_refusals_total{service=\"ns-test\",dialect=\"webpush\",code=\"429\",errno=\"201\"} 1\n"),
+            "{text}"
+        );
     }
 }

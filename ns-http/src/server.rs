@@ -3,7 +3,8 @@
 //!
 //! Neither warp nor hyper's connection builder bounds these by default, so a client that
 //! opens connections and sends nothing, or a byte a second, could hold file descriptors
-//! for ever. Every HTTP port is served through [`serve_with`] or [`serve_connection`].
+//! for ever. Every HTTP port is served through [`serve_with`] or [`serve_connection`], after
+//! its TLS handshake when the process has TLS (see [`crate::tls`]).
 //!
 //! Each connection has one deadline, moved as it goes through its phases: the head of the
 //! first request must be in by `accepted + header timeout`; from the moment a head is
@@ -27,6 +28,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::{Filter, Reply};
+
+use crate::tls::Incoming;
 
 const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
@@ -133,10 +136,15 @@ pub async fn serve_with<F, R>(
         max,
         &tasks,
         &shutdown,
-        |stream, accepted_at, admitted| {
+        |incoming, accepted_at, admitted| {
             let (filter, limits, shutdown) = (filter.clone(), limits.clone(), shutdown.clone());
             async move {
                 let _admitted = admitted;
+                // The handshake counts against the time the request head has.
+                let head_deadline = accepted_at + limits.header_timeout();
+                let Some(stream) = incoming.establish(head_deadline).await else {
+                    return;
+                };
                 serve_connection(stream, filter, &limits, accepted_at, shutdown).await;
             }
         },
@@ -150,6 +158,10 @@ pub async fn serve_with<F, R>(
 /// Accepts connections on `listener` until `shutdown`, at most `max_connections` at once:
 /// each admitted one goes to `serve`, with its accept time, as a task on `tasks`; one past
 /// the limit is [`refuse`]d. Returns once `shutdown` is cancelled, the listener closed.
+///
+/// With the [`tls`](crate::tls()) of the caller's scope, each connection is handed over
+/// before its handshake, which `serve`'s task does ([`Incoming::establish`]): the loop
+/// itself never waits on a client.
 pub async fn accept<H, Fut>(
     listener: TcpListener,
     max_connections: usize,
@@ -157,10 +169,11 @@ pub async fn accept<H, Fut>(
     shutdown: &CancellationToken,
     mut serve: H,
 ) where
-    H: FnMut(TcpStream, Instant, Admitted) -> Fut,
+    H: FnMut(Incoming, Instant, Admitted) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let gate = ConnectionLimit::new(max_connections);
+    let tls = crate::tls::tls();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -169,12 +182,13 @@ pub async fn accept<H, Fut>(
         match accepted {
             Ok((stream, _)) => {
                 let accepted_at = Instant::now();
-                match gate.admit(&stream) {
+                let incoming = Incoming::new(stream, tls.clone());
+                match gate.admit(incoming.tcp()) {
                     Some(admitted) => {
-                        tasks.spawn(serve(stream, accepted_at, admitted));
+                        tasks.spawn(serve(incoming, accepted_at, admitted));
                     }
                     None => {
-                        tokio::spawn(refuse(stream));
+                        tokio::spawn(refuse(incoming));
                     }
                 }
             }
@@ -210,7 +224,10 @@ impl ConnectionLimit {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Some(Admitted(permit)),
             Err(_) => {
-                tracing::warn!(peer = ?stream.peer_addr().ok(), "too many HTTP connections: refused");
+                tracing::warn!(
+                    peer = stream.peer_addr().ok().map(tracing::field::display),
+                    "too many HTTP connections: refused"
+                );
                 None
             }
         }
@@ -225,10 +242,15 @@ connection: close\r\n\
 content-length: 61\r\n\r\n\
 {\"status\":\"ERROR\",\"reason\":\"too many connections\",\"code\":503}";
 
-/// Answers a connection past the limit `503` and closes it.
-pub(crate) async fn refuse(mut stream: TcpStream) {
+/// Answers a connection past the limit `503` and closes it (after its TLS handshake, on a
+/// TLS port).
+pub(crate) async fn refuse(incoming: Incoming) {
     // Bounded, so that refusals can't pile up either.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let _ = tokio::time::timeout_at(deadline, async {
+        let Some(mut stream) = incoming.establish(deadline).await else {
+            return Ok(());
+        };
         stream.write_all(REFUSAL).await?;
         stream.shutdown().await?;
         // Closing with unread input would reset the connection and could discard the
@@ -246,14 +268,15 @@ pub(crate) async fn refuse(mut stream: TcpStream) {
 /// Serves one accepted connection with `filter` within `limits` (the connection limit
 /// aside, which is the listener's); its first head must be in by `accepted_at` plus the
 /// header timeout. When `shutdown` is cancelled, the request in flight is finished and the
-/// connection closed.
-pub async fn serve_connection<F, R>(
-    stream: TcpStream,
+/// connection closed. `stream` is the connection's, plain or after its TLS handshake.
+pub async fn serve_connection<S, F, R>(
+    stream: S,
     filter: F,
     limits: &HttpLimits,
     accepted_at: Instant,
     shutdown: CancellationToken,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Filter<Extract = (R,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
     R: Reply,
 {
@@ -372,12 +395,12 @@ impl Watch {
 }
 
 /// The connection's socket, telling its [`Watch`] when bytes arrive.
-struct Watched {
-    stream: TcpStream,
+struct Watched<S> {
+    stream: S,
     watch: Arc<Watch>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -392,7 +415,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -36,6 +36,9 @@ const DEFAULT_MAX_PENDING_PER_UA: u64 = 1000;
 /// Unrouted notifications the sweep takes at a time.
 const SWEEP_BATCH: usize = 1000;
 
+/// How often `ns_pending_notifications` is counted again: a count may walk the store.
+pub const PENDING_REFRESH: Duration = Duration::from_secs(15);
+
 /// The settings of ns-msg-monitor.
 #[derive(Args, Clone, Debug)]
 #[group(id = "monitor")]
@@ -133,7 +136,7 @@ impl Metrics {
             ),
             wakeups: r.counter("ns_monitor_wakeups_total", "Wake-ups handed to ns-ua-udp."),
             offline: r.counter(
-                "ns_monitor_dead_front_end_total",
+                "ns_monitor_dead_front_end_routes_total",
                 "Routes to a front-end queue that no longer exists.",
             ),
             skipped: r.counter(
@@ -141,11 +144,11 @@ impl Metrics {
                 "Notifications not routed because they were replaced or had expired.",
             ),
             refused: r.counter(
-                "ns_monitor_refused_total",
+                "ns_monitor_over_quota_total",
                 "UA deliveries refused because the UA had as many pending as it may.",
             ),
             failures: r.counter(
-                "ns_monitor_failures_total",
+                "ns_monitor_routing_failures_total",
                 "Routing attempts that failed and will be retried.",
             ),
         }
@@ -348,13 +351,43 @@ pub async fn run(
         store: Some(deps.store.clone()),
         broker: Some(deps.broker.clone()),
     };
-    let routes = ns_http::ops_routes(health, deps.registry.clone()).recover(ns_http::recover);
-    tracing::info!(addr = ?listener.local_addr().ok(), "ns-msg-monitor listening");
-    ns_http::serve(listener, routes.unify(), shutdown.clone()).await;
+    let routes = ns_http::ops_routes(health, deps.registry.clone())
+        .recover(ns_http::recover)
+        .unify();
+    let refusals = ns_http::Refusals::new("ns-msg-monitor", &deps.registry, &[]);
+    let url = ns_http::listening_url(&listener)?;
+    tracing::info!("listening on {url} (monitor)");
+    ns_http::serve(
+        listener,
+        ns_http::counted(routes, refusals),
+        shutdown.clone(),
+    )
+    .await;
 
     // Unacked messages of routing cut short are redelivered to the next monitor.
     ns_runtime::shutdown::drain(&tasks, Duration::from_secs(20), "routing").await;
     Ok(())
+}
+
+/// Keeps `ns_pending_notifications` (every app's notifications still owed) up to date: at
+/// start, then every [`PENDING_REFRESH`]. One monitor of a cluster is enough to serve it; each
+/// counts.
+async fn count_pending(deps: Deps, shutdown: CancellationToken) {
+    let gauge = deps.registry.gauge(
+        "ns_pending_notifications",
+        "Notifications stored and still owed (neither replaced nor expired, not routed yet or \
+         not acked by some UA), counted every 15 s.",
+    );
+    loop {
+        match deps.store.pending_total(deps.clock.now()).await {
+            Ok(n) => gauge.set(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(e) => tracing::warn!(error = %e, "counting pending notifications failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PENDING_REFRESH) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Starts the monitor's background work on `tasks`; it stops when `shutdown` is cancelled.
@@ -385,6 +418,7 @@ fn spawn_tasks(
             r.sweep(min_age).await;
         }
     });
+    tasks.spawn(count_pending(deps.clone(), shutdown.clone()));
     let (store, clock, s) = (deps.store.clone(), deps.clock.clone(), shutdown.clone());
     let every = Duration::from_secs(settings.purge_interval_secs.max(1));
     let retention = settings.retention();

@@ -3,7 +3,6 @@
 use clap::Parser;
 use ns_distributed::BackendConfig;
 use ns_runtime::config::LogConfig;
-use ns_runtime::metrics::Registry;
 use ns_runtime::Clock;
 
 /// NS-MSG-Monitor: routes new notifications to the front-ends.
@@ -18,6 +17,8 @@ struct Cli {
     #[command(flatten)]
     http: ns_http::HttpLimits,
     #[command(flatten)]
+    tls: ns_runtime::tls::TlsConfig,
+    #[command(flatten)]
     backends: BackendConfig,
     #[command(flatten)]
     log: LogConfig,
@@ -25,18 +26,20 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let (cli, mut problems) = ns_runtime::cli::parse::<Cli>();
+    let tls = problems.check(cli.tls.load()).flatten();
+    problems.exit_if_any();
     let Some(started) = ns_distributed::start(&cli.log, cli.listen, &cli.backends).await? else {
         return Ok(());
     };
     let deps = ns_msg_monitor::Deps {
         store: started.backends.store,
         broker: started.backends.broker,
-        registry: Registry::default(),
+        registry: started.backends.registry,
         clock: Clock::system(),
     };
     let run = ns_msg_monitor::run(cli.settings, started.listener, deps, started.shutdown);
-    ns_http::with_limits(cli.http, run).await
+    ns_http::with_tls(tls, ns_http::with_limits(cli.http, run)).await
 }
 
 #[cfg(test)]

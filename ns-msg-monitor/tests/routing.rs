@@ -34,8 +34,14 @@ struct Fixture {
 impl Fixture {
     async fn start() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        Fixture::start_on(store, dir).await
+    }
+
+    /// The monitor on `store`, which may hold notifications already.
+    async fn start_on(store: Arc<EmbeddedStore>, dir: tempfile::TempDir) -> Fixture {
         let f = Fixture {
-            store: Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap()),
+            store,
             broker: Arc::new(LocalBroker::new()),
             registry: Registry::default(),
             shutdown: CancellationToken::new(),
@@ -247,5 +253,31 @@ async fn nothing_goes_to_a_ua_that_acked_it_nor_after_expiry() {
         .await
         .unwrap();
     silent(&mut front_end).await;
+    f.shutdown.cancel();
+}
+
+/// `ns_pending_notifications` counts what the store owes, from the monitor's start on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_notifications_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+    let app = AppToken::new("app-pending");
+    for id in ["a", "b"] {
+        let n = Notification {
+            id: id.into(),
+            ..notification(&app)
+        };
+        store.insert_notification(&n, n.timestamp).await.unwrap();
+    }
+    let f = Fixture::start_on(store, dir).await;
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let text = f.registry.render();
+        if text.contains("\nns_pending_notifications 2\n") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     f.shutdown.cancel();
 }

@@ -76,15 +76,26 @@ pub struct LogConfig {
 }
 
 /// Collects every configuration problem so the binary can report them all at once.
+///
+/// [`crate::cli::parse`] starts it with the configuration file's problems and, under
+/// `--print-config`, with the effective settings to print once every check has run.
 #[derive(Default)]
-pub struct Problems(Vec<String>);
+pub struct Problems {
+    problems: Vec<String>,
+    print: Option<String>,
+}
 
 impl Problems {
+    /// Problems found in the configuration file, and what `--print-config` prints.
+    pub(crate) fn new(problems: Vec<String>, print: Option<String>) -> Self {
+        Problems { problems, print }
+    }
+
     pub fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
         match result {
             Ok(v) => Some(v),
             Err(ConfigError::Invalid(msg)) => {
-                self.0.push(msg);
+                self.problems.push(msg);
                 None
             }
         }
@@ -92,16 +103,39 @@ impl Problems {
 
     /// Adds problems found elsewhere.
     pub fn extend(&mut self, problems: impl IntoIterator<Item = String>) {
-        self.0.extend(problems);
+        self.problems.extend(problems);
     }
 
-    /// Exits with `EX_USAGE` (64) after printing every problem, if there were any.
+    /// The problems so far.
+    pub fn list(&self) -> &[String] {
+        &self.problems
+    }
+
+    /// What `--print-config` is to print.
+    #[cfg(test)]
+    pub(crate) fn print_text(&self) -> Option<&str> {
+        self.print.as_deref()
+    }
+
+    /// Exits with `EX_USAGE` (64) after printing every problem, if there were any. Under
+    /// `--print-config`, first prints the effective settings to stdout, and exits 0 when
+    /// there is no problem: the binary does not start.
+    #[allow(
+        clippy::print_stdout,
+        reason = "--print-config writes the settings to stdout"
+    )]
     pub fn exit_if_any(self) {
-        if !self.0.is_empty() {
-            for p in &self.0 {
+        if let Some(text) = &self.print {
+            print!("{text}");
+        }
+        if !self.problems.is_empty() {
+            for p in &self.problems {
                 eprintln!("configuration error: {p}");
             }
             std::process::exit(64);
+        }
+        if self.print.is_some() {
+            std::process::exit(0);
         }
     }
 }

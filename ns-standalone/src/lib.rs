@@ -16,6 +16,7 @@ use ns_broker_local::LocalBroker;
 use ns_runtime::config::{ConfigError, PublicUrlConfig, SecretConfig};
 use ns_runtime::listen::Listeners as Inherited;
 use ns_runtime::metrics::Registry;
+use ns_runtime::tls::TlsConfig;
 use ns_runtime::Clock;
 use ns_store::Store;
 use ns_store_redb::EmbeddedStore;
@@ -52,6 +53,9 @@ pub struct Settings {
     /// Of every port.
     #[command(flatten)]
     pub http: ns_http::HttpLimits,
+    /// Of every port: all four speak TLS when certificate and key are given.
+    #[command(flatten)]
+    pub tls: TlsConfig,
 }
 
 impl Settings {
@@ -67,6 +71,7 @@ impl Settings {
             front_end: ns_ua_ws::Settings::default(),
             wakeup: ns_ua_udp::Settings::default(),
             http: ns_http::HttpLimits::default(),
+            tls: TlsConfig::default(),
         }
     }
 
@@ -79,6 +84,7 @@ impl Settings {
                 Some(_) => self.secret.require().map(|_| ()),
                 None => Ok(()),
             },
+            self.tls.load().map(|_| ()),
         ];
         problems.extend(checks.into_iter().filter_map(|r| match r {
             Err(ConfigError::Invalid(problem)) => Some(problem),
@@ -127,25 +133,25 @@ pub async fn run(
     clock: Clock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let tls = settings.tls.load()?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating {}", settings.data_dir.display()))?;
     let secret = load_secret(&settings.secret, &settings.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open_with_cache(
-            &settings.data_dir.join("store.redb"),
-            settings.store_cache_mib.saturating_mul(1 << 20),
-        )
-        .context("opening the store")?,
-    );
-    let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new());
     let registry = Registry::default();
-    tracing::info!(
-        data_dir = %settings.data_dir.display(),
-        ws = ?listeners.ws.local_addr().ok(),
-        notify = ?listeners.notify.local_addr().ok(),
-        pull = ?listeners.pull.local_addr().ok(),
-        "ns-standalone starting"
+    // Every store and broker operation is timed, as in the distributed binaries.
+    let store: Arc<dyn Store> = ns_store::Timed::wrap(
+        Arc::new(
+            EmbeddedStore::open_with_cache(
+                &settings.data_dir.join("store.redb"),
+                settings.store_cache_mib.saturating_mul(1 << 20),
+            )
+            .context("opening the store")?,
+        ),
+        &registry,
     );
+    let broker: Arc<dyn Broker> = ns_broker::Timed::wrap(Arc::new(LocalBroker::new()), &registry);
+    // Each service names its own port, scheme included, as it starts.
+    tracing::info!(data_dir = %settings.data_dir.display(), "ns-standalone starting");
 
     // The in-process queue does not survive a crash; the store does: what was stored but
     // never routed is routed at start.
@@ -220,7 +226,9 @@ pub async fn run(
             async { stop_all(udp.await) },
         )
     };
-    ns_http::with_limits(settings.http, all).await.map(|_| ())
+    ns_http::with_tls(tls, ns_http::with_limits(settings.http, all))
+        .await
+        .map(|_| ())
 }
 
 /// The secret given, or the one kept in the data directory (made on first start).

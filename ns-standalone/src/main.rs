@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use ns_runtime::config::{LogConfig, Problems};
+use ns_runtime::config::LogConfig;
 use ns_runtime::Clock;
 use ns_standalone::Listeners;
 
@@ -37,8 +37,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let mut problems = Problems::default();
+    let (cli, mut problems) = ns_runtime::cli::parse::<Cli>();
     problems.extend(cli.settings.problems());
     problems.exit_if_any();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

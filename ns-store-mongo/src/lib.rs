@@ -66,6 +66,49 @@ pub struct MongoStore {
 }
 
 impl MongoStore {
+    /// The notifications owed at `now`: of one app ([`Store::pending_for_app`]), or of all.
+    async fn pending(&self, app_token: Option<&AppToken>, now: EpochSecs) -> StoreResult<u64> {
+        let app = match app_token {
+            Some(app_token) => doc! { "app_token": app_token.as_str() },
+            None => doc! {},
+        };
+        // Not routed yet: on the index on `app_token`, `routed`, `replaced` and `expires_at`,
+        // equalities first for a server that plans on one clause (SecantusDB).
+        let filter = with(app.clone(), &with(needs_routing(), &unexpired(now)));
+        let unrouted = self
+            .c
+            .notifications
+            .count_documents(filter)
+            .await
+            .map_err(db_err)?;
+        // Routed and owed to some UA: its distinct notifications among the app's outstanding
+        // deliveries, on the index on `app_token`, `status` and `expire_at`. A replaced
+        // notification's deliveries are replaced too, so not outstanding.
+        let owed: Vec<Document> = self
+            .c
+            .deliveries
+            .aggregate([
+                doc! { "$match": with(app, &doc! {
+                    "status": outstanding_statuses(),
+                    "expire_at": { "$gt": date(now) },
+                }) },
+                doc! { "$group": { "_id": "$message_id" } },
+                doc! { "$group": { "_id": null, "n": { "$sum": 1 } } },
+            ])
+            .await
+            .map_err(db_err)?
+            .try_collect()
+            .await
+            .map_err(db_err)?;
+        let owed = owed
+            .first()
+            .and_then(|d| d.get("n"))
+            .and_then(|n| n.as_i32().map(i64::from).or_else(|| n.as_i64()))
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
+        Ok(unrouted + owed)
+    }
+
     /// The status report of `n` from its deliveries.
     async fn report_of(&self, n: Notification, now: EpochSecs) -> StoreResult<StatusReport> {
         let docs: Vec<DeliveryDoc> = self
@@ -304,45 +347,13 @@ impl Store for MongoStore {
     }
 
     async fn pending_for_app(&self, app_token: &AppToken, now: EpochSecs) -> StoreResult<u64> {
-        // Not routed yet: on the index on `app_token`, `routed`, `replaced` and `expires_at`,
-        // equalities first for a server that plans on one clause (SecantusDB).
-        let filter = with(
-            doc! { "app_token": app_token.as_str() },
-            &with(needs_routing(), &unexpired(now)),
-        );
-        let unrouted = self
-            .c
-            .notifications
-            .count_documents(filter)
-            .await
-            .map_err(db_err)?;
-        // Routed and owed to some UA: its distinct notifications among the app's outstanding
-        // deliveries, on the index on `app_token`, `status` and `expire_at`. A replaced
-        // notification's deliveries are replaced too, so not outstanding.
-        let owed: Vec<Document> = self
-            .c
-            .deliveries
-            .aggregate([
-                doc! { "$match": {
-                    "app_token": app_token.as_str(),
-                    "status": outstanding_statuses(),
-                    "expire_at": { "$gt": date(now) },
-                } },
-                doc! { "$group": { "_id": "$message_id" } },
-                doc! { "$group": { "_id": null, "n": { "$sum": 1 } } },
-            ])
-            .await
-            .map_err(db_err)?
-            .try_collect()
-            .await
-            .map_err(db_err)?;
-        let owed = owed
-            .first()
-            .and_then(|d| d.get("n"))
-            .and_then(|n| n.as_i32().map(i64::from).or_else(|| n.as_i64()))
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0);
-        Ok(unrouted + owed)
+        self.pending(Some(app_token), now).await
+    }
+
+    async fn pending_total(&self, now: EpochSecs) -> StoreResult<u64> {
+        // Without an app, both counts walk their collections' outstanding part: the monitor
+        // asks every few seconds, not on the hot path.
+        self.pending(None, now).await
     }
 
     async fn add_deliveries(

@@ -498,6 +498,10 @@ impl Store for EmbeddedStore {
         Ok(self.mem().pending_for_app(app_token, now))
     }
 
+    async fn pending_total(&self, now: EpochSecs) -> StoreResult<u64> {
+        Ok(self.mem().pending_total(now))
+    }
+
     async fn add_deliveries(
         &self,
         n: &Notification,

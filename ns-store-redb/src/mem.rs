@@ -273,6 +273,15 @@ impl Mem {
         pending.total.saturating_sub(expired)
     }
 
+    /// Every app's [`Mem::pending_for_app`] together: a walk of the apps with pending
+    /// notifications, for a gauge refreshed every few seconds.
+    pub(crate) fn pending_total(&self, now: EpochSecs) -> u64 {
+        self.pending_per_app
+            .keys()
+            .map(|app| self.pending_for_app(app, now))
+            .sum()
+    }
+
     /// The UA's outstanding deliveries whose notification is deliverable at `now`, counted
     /// exactly only up to `enough`: below it, the size of its index is returned, which also
     /// holds expired deliveries until the purge; from it, the index is walked, so that only

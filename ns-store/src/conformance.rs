@@ -67,6 +67,7 @@ macro_rules! conformance_tests {
             add_deliveries_is_idempotent,
             add_deliveries_needs_a_stored_notification,
             pending_for_app_counts_live_notifications,
+            pending_total_counts_every_app,
             add_deliveries_refuses_uas_at_their_quota,
             quota_leaves_out_replaced_and_expired_deliveries,
             concurrent_routings_keep_to_the_quota,
@@ -1340,6 +1341,41 @@ pub async fn pending_for_app_counts_live_notifications(store: &dyn Store) {
         1,
         "the purge took the expired one"
     );
+}
+
+/// `pending_total` is what `pending_for_app` counts, every app together.
+pub async fn pending_total_counts_every_app(store: &dyn Store) {
+    let now = now();
+    let total =
+        |at: EpochSecs| async move { store.pending_total(at).await.expect("pending_total") };
+    assert_eq!(total(now).await, 0);
+    let (app, other) = (new_app(), new_app());
+    let start = millis();
+    let short = notification(&app, "short", 60, now, start);
+    let long = notification(&app, "long", 3600, now, later(start, 1));
+    let elsewhere = notification(&other, "elsewhere", 3600, now, later(start, 2));
+    for n in [&short, &long, &elsewhere] {
+        store
+            .insert_notification(n, now)
+            .await
+            .expect("insert_notification");
+    }
+    assert_eq!(total(now).await, 3);
+    let ua = new_ua();
+    assert!(
+        store
+            .add_deliveries(&long, std::slice::from_ref(&ua), now, None)
+            .await
+            .expect("add_deliveries")
+            .routed
+    );
+    assert_eq!(total(now).await, 3, "routed and owed to its UA");
+    store
+        .update_deliveries(&[update(&long, &ua, DeliveryStatus::Acked)], now)
+        .await
+        .expect("update_deliveries");
+    assert_eq!(total(now).await, 2, "acked, it is owed to nobody");
+    assert_eq!(total(now.plus(60)).await, 1, "nor an expired one");
 }
 
 /// Routes `n` to `uas` with a quota; the notification must be routed.

@@ -8,6 +8,9 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod timed;
+
+pub use timed::{Timed, OPERATION_DURATION};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -144,6 +147,11 @@ pub trait Store: Send + Sync + 'static {
     /// acked no longer counts, though it stays for the status report. Asked on the hot path
     /// of notify, so cheap: a counter in memory, or indexed counts.
     async fn pending_for_app(&self, app_token: &AppToken, now: EpochSecs) -> StoreResult<u64>;
+
+    /// How many notifications are still owed at `now`, all apps together: the sum of
+    /// [`Store::pending_for_app`] over every app. For the `ns_pending_notifications` gauge,
+    /// which the monitor refreshes every few seconds: it may cost a scan.
+    async fn pending_total(&self, now: EpochSecs) -> StoreResult<u64>;
 
     /// Creates deliveries of `n` for these UAs at `now`, leaving existing ones as they are,
     /// and marks the notification routed. A UA with no delivery of `n` yet gets a `pending`

@@ -15,9 +15,10 @@ use common::crypto::Secret;
 use common::delivery::{DeliveryStatus, DeliveryUpdate};
 use common::messages::{WakeUp, UDP_WAKEUPS};
 use common::model::{Interface, MessageId, UaId};
+use common::notification::Payload;
 use common::validate::{Code, ProtocolError};
 use ns_broker::{Broker, Consumer, Handled, QueueKind};
-use ns_runtime::metrics::{Metric, Registry};
+use ns_runtime::metrics::{self, Histogram, Metric, Registry};
 use ns_runtime::Clock;
 use ns_store::Store;
 use serde::Deserialize;
@@ -89,6 +90,9 @@ struct Metrics {
     limited: Arc<Metric>,
     pulls: Arc<Metric>,
     acked: Arc<Metric>,
+    /// Accepted to pulled, per dialect.
+    latency_telefonica: Arc<Histogram>,
+    latency_webpush: Arc<Histogram>,
 }
 
 struct State {
@@ -189,6 +193,14 @@ impl State {
             .filter(|n| !n.is_expired(after))
             .map(|n| n.to_frame(&self.deps.notify_base_url))
             .collect();
+        let now = self.deps.clock.now_millis().as_i64();
+        for n in messages.iter().filter(|n| !n.is_expired(after)) {
+            let latency = match n.payload {
+                Payload::Text(_) => &self.metrics.latency_telefonica,
+                Payload::Push(_) => &self.metrics.latency_webpush,
+            };
+            latency.observe_millis(now - n.created_at.as_i64());
+        }
         Ok(warp::reply::json(&serde_json::json!({ "messages": frames })).into_response())
     }
 
@@ -244,12 +256,15 @@ fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = Infal
         store: Some(state.deps.store.clone()),
         broker: Some(state.deps.broker.clone()),
     };
-    pull.or(ack)
+    let refusals = ns_http::Refusals::new("ns-ua-udp", &state.deps.registry, &[]);
+    let routes = pull
+        .or(ack)
         .unify()
         .or(ns_http::ops_routes(health, state.deps.registry.clone()))
         .unify()
         .recover(ns_http::recover)
-        .unify()
+        .unify();
+    ns_http::counted(routes, refusals)
 }
 
 /// Runs ns-ua-udp until `shutdown` is cancelled: consumes wake-ups, sends datagrams, and
@@ -270,6 +285,8 @@ pub async fn run(
         ),
         pulls: r.counter("ns_udp_pulls_total", "Pulls served."),
         acked: r.counter("ns_udp_acked_total", "Notifications acked by POST /ack."),
+        latency_telefonica: metrics::delivery_latency(r, "telefonica", "pull"),
+        latency_webpush: metrics::delivery_latency(r, "webpush", "pull"),
     };
     let state = Arc::new(State {
         coalescer: Mutex::new(Coalescer::new(
@@ -282,12 +299,14 @@ pub async fn run(
         rescheduled: tokio::sync::Notify::new(),
         metrics,
     });
+    let url = ns_http::listening_url(&listener)?;
+    let wakeups_from = socket.local_addr()?;
     let tasks = TaskTracker::new();
     let socket = Arc::new(socket);
     tasks.spawn(consume(state.clone(), socket.clone(), shutdown.clone()));
     tasks.spawn(send_scheduled(state.clone(), socket, shutdown.clone()));
 
-    tracing::info!(addr = ?listener.local_addr().ok(), "ns-ua-udp listening");
+    tracing::info!("listening on {url} (pull and ack); wake-ups sent from udp {wakeups_from}");
     ns_http::serve(listener, routes(state), shutdown).await;
     ns_runtime::shutdown::drain(&tasks, Duration::from_secs(10), "wake-up work").await;
     Ok(())

@@ -14,15 +14,17 @@ use bytes::{Buf, BytesMut};
 
 use common::delivery::{DeliveryStatus, DeliveryUpdate};
 use common::messages::{front_end_queue, FrontEndMessage, RouteEvent};
-use common::model::{AppToken, ConnId, EpochSecs, Interface, Live, MessageId, UaId, UaRoute};
+use common::model::{
+    AppToken, ConnId, EpochMillis, EpochSecs, Interface, Live, MessageId, UaId, UaRoute,
+};
 use common::network;
 use common::notification::{notify_url, Frame, Notification, NotificationFrame};
 use common::validate::{Code, ProtocolError};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use ns_broker::BrokerError;
+use ns_http::Stream as Connection;
 use ns_store::StoreError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError as FrameError;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -92,28 +94,34 @@ fn select_subprotocol(
     Ok(response)
 }
 
-/// The TCP stream under a connection's WebSocket. tungstenite asks for at most its read
+/// The stream under a connection's WebSocket (TCP, or TLS over it), or under its HTTP when
+/// the head was read to see which it is. tungstenite asks for at most its read
 /// buffer's size ([`READ_BUFFER`]) at a time; this reads what the socket has, up to
 /// [`READ_AHEAD`], in one system call, and keeps what did not fit for the next asks, on the
 /// heap only until they have taken it. So the buffer every connection keeps for good stays
 /// small, and a large frame still comes in a few system calls rather than one per
 /// [`READ_BUFFER`] bytes.
 pub(crate) struct Transport {
-    stream: TcpStream,
+    stream: Connection,
     /// Read from the socket and not asked for yet; without an allocation when empty.
     ahead: BytesMut,
 }
 
 impl Transport {
-    fn new(stream: TcpStream) -> Self {
+    /// `stream`, whose first bytes are `head` (already read from it), if any.
+    pub(crate) fn new(stream: Connection, head: Vec<u8>) -> Self {
         Transport {
             stream,
-            ahead: BytesMut::new(),
+            ahead: if head.is_empty() {
+                BytesMut::new()
+            } else {
+                BytesMut::from(&head[..])
+            },
         }
     }
 
-    /// The TCP stream; what was read ahead is dropped.
-    fn into_inner(self) -> TcpStream {
+    /// The stream; what was read ahead is dropped.
+    fn into_inner(self) -> Connection {
         self.stream
     }
 }
@@ -180,15 +188,17 @@ impl AsyncWrite for Transport {
     }
 }
 
-/// Accepts the WebSocket handshake on `stream`: the socket to [`serve`], and the client's
-/// address. `None` when the handshake failed.
+/// Accepts the WebSocket handshake on `stream`, whose first bytes are `head` when they were
+/// read already: the socket to [`serve`], and the client's address. `None` when the
+/// handshake failed.
 pub(crate) async fn accept(
-    stream: TcpStream,
+    stream: Connection,
+    head: Vec<u8>,
 ) -> Option<(WebSocketStream<Transport>, Option<IpAddr>)> {
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let peer = stream.tcp().peer_addr().ok().map(|a| a.ip());
     // On the heap: the handshake's room is given back once it is done.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        Transport::new(stream),
+        Transport::new(stream, head),
         select_subprotocol,
         Some(ws_config()),
     ));
@@ -219,12 +229,12 @@ pub(crate) fn serve(
     )
 }
 
-/// Ends the TCP connection once its WebSocket is closed. A FIN goes right away: Firefox
+/// Ends the connection (TLS: with its close_notify) once its WebSocket is closed. A FIN goes right away: Firefox
 /// does not finish the close handshake (WEBPUSH.md §2), and other clients take the end of
 /// the stream as its end. Then what the client still sends (its Close, the rest of a frame
 /// too large to read) is read and dropped for up to [`CLOSE_GRACE`], so that the socket
 /// closes with nothing unread: one closed with unread data sends a reset instead.
-async fn linger(mut stream: TcpStream) {
+async fn linger(mut stream: Connection) {
     let _ = stream.shutdown().await;
     let mut buf = vec![0u8; 1024];
     let drain = async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} };
@@ -250,7 +260,7 @@ where
     E: FnOnce(S) -> F,
     F: Future<Output = ()>,
 {
-    shared.metrics.connections.inc();
+    shared.metrics.connections.of(Dialect::Undecided).inc();
     let (tx, rx) = registry::queue(OUTBOUND_QUEUE);
     let conn = Conn {
         shared,
@@ -351,13 +361,14 @@ where
         async move {
             self.serve(&mut rx, &shutdown).await;
             drop(rx);
+            let dialect = self.session.dialect();
             // The socket stays where it is until `end` takes it: moved out to wait for the
             // release, it would need room of its own beside the connection's.
             if let Some(ua) = std::mem::take(&mut self.session).into_release() {
                 // On the heap: only an ending connection needs its room.
                 Box::pin(release(&self.shared, ua, self.id.clone())).await;
             }
-            self.shared.metrics.connections.dec();
+            self.shared.metrics.connections.of(dialect).dec();
             let Conn { socket, .. } = self;
             Box::pin(end(socket)).await;
         }
@@ -393,7 +404,10 @@ where
             End::ClosedByClient => {
                 let _ = self.socket.flush().await;
             }
-            End::Fail(code, reason) => Box::pin(self.send_close(code, reason)).await,
+            End::Fail(code, reason) => {
+                self.count_close(code);
+                Box::pin(self.send_close(code, reason)).await
+            }
             End::Close(close) => {
                 if close == Close::TakenOver {
                     self.shared.metrics.taken_over.inc();
@@ -410,7 +424,7 @@ where
         }
         match input {
             Input::Frame(frame) => match frame {
-                Some(Ok(Message::Text(text))) => match self.session.dialect_for(&text) {
+                Some(Ok(Message::Text(text))) => match self.dialect_for(&text) {
                     Dialect::WebPush => self.on_push_text(&text, rx).await,
                     _ => self.on_text(&text, rx).await,
                 },
@@ -430,7 +444,10 @@ where
             Input::Outbound(outbound) => match outbound {
                 Outbound::Notify(queued) => {
                     if self.fresh(&queued) && self.session.first_routed(&queued.message_id) {
-                        self.send_notification(queued.frame).await
+                        let created_at = queued.created_at;
+                        self.send_notification(queued.frame).await?;
+                        self.delivered_since(&[created_at]);
+                        Ok(())
                     } else {
                         Ok(())
                     }
@@ -454,6 +471,8 @@ where
     }
 
     async fn close(&mut self, close: Close) {
+        // A rejection was counted with the error frame sent before it: one refusal, once.
+        let refusal = matches!(close, Close::Protocol(_) | Close::Unavailable);
         let (code, reason) = match close {
             Close::Rejected => (CloseCode::Policy, "register/ua rejected"),
             Close::TakenOver => (
@@ -465,6 +484,9 @@ where
             Close::Unavailable => (CloseCode::Again, "service unavailable; retry later"),
             Close::Unresponsive => (CloseCode::Away, "no answer to pings"),
         };
+        if refusal {
+            self.count_close(code);
+        }
         self.send_close(code, reason).await;
     }
 
@@ -492,6 +514,46 @@ where
         true
     }
 
+    /// The connection's dialect, fixed by its first text frame; moves the connection from
+    /// the undecided ones to its dialect's in the gauge when that frame comes.
+    fn dialect_for(&mut self, text: &str) -> Dialect {
+        let before = self.session.dialect();
+        let dialect = self.session.dialect_for(text);
+        if before != dialect {
+            let connections = &self.shared.metrics.connections;
+            connections.of(before).dec();
+            connections.of(dialect).inc();
+        }
+        dialect
+    }
+
+    /// Observes, for notifications just written to the UA, the time since they were
+    /// accepted.
+    fn delivered_since(&self, accepted: &[EpochMillis]) {
+        let histogram = match self.session.dialect() {
+            Dialect::WebPush => &self.shared.metrics.latency_webpush,
+            _ => &self.shared.metrics.latency_telefonica,
+        };
+        let now = self.shared.deps.clock.now_millis();
+        for at in accepted {
+            histogram.observe_millis(now.as_i64() - at.as_i64());
+        }
+    }
+
+    /// Counts a close that refuses the client (a protocol error, an unreadable frame, an
+    /// outage), by its close code.
+    fn count_close(&self, code: CloseCode) {
+        let dialect = match self.session.dialect() {
+            Dialect::WebPush => "webpush",
+            _ => "telefonica",
+        };
+        self.shared.metrics.refusals.count(ns_http::Refusal {
+            dialect,
+            code: u16::from(code),
+            errno: None,
+        });
+    }
+
     async fn send_notification(&mut self, frame: Utf8Bytes) -> Result<(), End> {
         self.send_text(frame).await?;
         self.shared.metrics.delivered.inc();
@@ -499,6 +561,10 @@ where
     }
 
     async fn send_error(&mut self, error: &ProtocolError) -> Result<(), End> {
+        self.shared
+            .metrics
+            .refusals
+            .count(ns_http::Refusal::telefonica(error.code));
         let body = serde_json::json!({"error": error.reason, "code": error.code.number()});
         self.send_text(body.to_string()).await
     }
@@ -719,6 +785,8 @@ where
             self.send_text(text).await?;
         }
         self.shared.metrics.delivered.add(pending.len() as i64);
+        let accepted: Vec<_> = pending.iter().map(|n| n.created_at).collect();
+        self.delivered_since(&accepted);
         let ids: Vec<MessageId> = pending.into_iter().map(|n| n.message_id).collect();
         self.session.remember_sent(ids.iter().cloned());
         let updates = DeliveryUpdate::for_ua(ua, ids.iter().cloned(), DeliveryStatus::Sent);
@@ -793,6 +861,7 @@ where
     ) -> Result<(), End> {
         let secret = &self.shared.deps.secret;
         let Some(named) = webpush::name_subscription(secret, ua, channel_id, key) else {
+            self.shared.metrics.refused_push(400);
             return self
                 .send_text(webpush::register_reply(channel_id, 400, None))
                 .await;
@@ -809,6 +878,7 @@ where
             }
         };
         if let Some(status) = status {
+            self.shared.metrics.refused_push(status);
             return self
                 .send_text(webpush::register_reply(channel_id, status, None))
                 .await;
@@ -821,6 +891,7 @@ where
             .await
         {
             tracing::warn!(error = %e, "storing a subscription failed");
+            self.shared.metrics.refused_push(503);
             return self
                 .send_text(webpush::register_reply(channel_id, 503, None))
                 .await;
@@ -837,6 +908,7 @@ where
     async fn push_unregister(&mut self, ua: &UaId, channel_id: &str) -> Result<(), End> {
         let secret = &self.shared.deps.secret;
         let Some(named) = webpush::name_subscription(secret, ua, channel_id, None) else {
+            self.shared.metrics.refused_push(400);
             return self
                 .send_text(webpush::unregister_reply(channel_id, 400))
                 .await;
@@ -844,6 +916,7 @@ where
         let store = &self.shared.deps.store;
         if let Err(e) = store.unregister_wa(ua, &named.app_token).await {
             tracing::warn!(error = %e, "removing a subscription failed");
+            self.shared.metrics.refused_push(503);
             return self
                 .send_text(webpush::unregister_reply(channel_id, 503))
                 .await;
@@ -1501,12 +1574,12 @@ mod tests {
         use tokio_tungstenite::tungstenite::protocol::Role;
         let f = fixture();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let ws = WebSocketStream::from_raw_socket(
-            Transport::new(server),
+            Transport::new(server.into(), Vec::new()),
             Role::Server,
             Some(ws_config()),
         )

@@ -22,9 +22,11 @@ use common::crypto::Secret;
 use common::messages::RouteEvent;
 use common::model::NodeId;
 use ns_broker::Broker;
-use ns_runtime::metrics::{self, Metric};
+use ns_http::Stream;
+use ns_runtime::metrics::{self, Histogram, Metric};
 use ns_runtime::Clock;
 use ns_store::Store;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -87,7 +89,11 @@ pub struct Deps {
 }
 
 pub(crate) struct Metrics {
-    connections: Arc<Metric>,
+    connections: Connections,
+    /// Accepted to written to the UA, per dialect.
+    latency_telefonica: Arc<Histogram>,
+    latency_webpush: Arc<Histogram>,
+    refusals: ns_http::Refusals,
     registered: Arc<Metric>,
     delivered: Arc<Metric>,
     acked: Arc<Metric>,
@@ -99,7 +105,14 @@ pub(crate) struct Metrics {
 impl Metrics {
     fn new(r: &metrics::Registry) -> Self {
         Metrics {
-            connections: r.gauge("ns_ws_connections", "Open WebSocket connections."),
+            connections: Connections::new(r),
+            latency_telefonica: metrics::delivery_latency(r, "telefonica", "websocket"),
+            latency_webpush: metrics::delivery_latency(r, "webpush", "websocket"),
+            refusals: ns_http::Refusals::new(
+                "ns-ua-ws",
+                r,
+                &[400, 429, 503].map(|status| ns_http::Refusal::webpush(status, None)),
+            ),
             registered: r.counter("ns_ws_registered_total", "Successful register/ua."),
             delivered: r.counter("ns_ws_delivered_total", "Notifications sent to UAs."),
             acked: r.counter("ns_ws_acked_total", "Notifications acked by UAs."),
@@ -115,6 +128,46 @@ impl Metrics {
                 "ns_ws_expired_total",
                 "Notifications that had expired by the time they were to be sent here.",
             ),
+        }
+    }
+}
+
+impl Metrics {
+    /// A Web Push `register` or `unregister` answered with `status`, not 200.
+    fn refused_push(&self, status: u16) {
+        self.refusals.count(ns_http::Refusal::webpush(status, None));
+    }
+}
+
+/// The open WebSocket connections, by dialect: a connection is `undecided` until its first
+/// text frame.
+pub(crate) struct Connections {
+    undecided: Arc<Metric>,
+    telefonica: Arc<Metric>,
+    webpush: Arc<Metric>,
+}
+
+impl Connections {
+    fn new(r: &metrics::Registry) -> Self {
+        let of = |dialect| {
+            r.gauge_with(
+                "ns_ws_connections",
+                "Open WebSocket connections, by dialect (undecided before the first frame).",
+                &[("dialect", dialect)],
+            )
+        };
+        Connections {
+            undecided: of("undecided"),
+            telefonica: of("telefonica"),
+            webpush: of("webpush"),
+        }
+    }
+
+    pub(crate) fn of(&self, dialect: session::Dialect) -> &Metric {
+        match dialect {
+            session::Dialect::Undecided => &self.undecided,
+            session::Dialect::Telefonica => &self.telefonica,
+            session::Dialect::WebPush => &self.webpush,
         }
     }
 }
@@ -193,7 +246,7 @@ fn http_routes(
         store: Some(shared.deps.store.clone()),
         broker: Some(shared.deps.broker.clone()),
     };
-    token
+    let routes = token
         .or(demo_page)
         .unify()
         .or(demo_worker)
@@ -201,7 +254,8 @@ fn http_routes(
         .or(ns_http::ops_routes(health, shared.deps.registry.clone()))
         .unify()
         .recover(ns_http::recover)
-        .unify()
+        .unify();
+    ns_http::counted(routes, shared.metrics.refusals.clone())
 }
 
 /// Runs ns-ua-ws on `listener` until `shutdown` is cancelled, then closes every WebSocket
@@ -222,21 +276,22 @@ pub async fn run(
 
     let routes = http_routes(shared.clone());
     let limits = ns_http::limits();
-    tracing::info!(addr = ?listener.local_addr().ok(), server_id = %shared.node, "ns-ua-ws listening");
+    let url = ns_http::listening_url(&listener)?;
+    tracing::info!(server_id = %shared.node, "listening on {url} (WebSocket)");
     let max = limits.http_max_connections;
     ns_http::accept(
         listener,
         max,
         &tasks,
         &shutdown,
-        |stream, accepted_at, admitted| {
+        |incoming, accepted_at, admitted| {
             let (shared, routes, shutdown) = (shared.clone(), routes.clone(), shutdown.clone());
             let http = Http {
                 limits: limits.clone(),
                 accepted_at,
                 admitted,
             };
-            handle(stream, http, shared, routes, shutdown, tasks.clone())
+            handle(incoming, http, shared, routes, shutdown, tasks.clone())
         },
     )
     .await;
@@ -257,11 +312,12 @@ struct Http {
     admitted: ns_http::Admitted,
 }
 
-/// Serves one TCP connection: a WebSocket upgrade or plain HTTP. An accepted WebSocket
-/// goes on as a task of its own on `tasks`, and this one ends: the connection is then held
-/// by the one future it runs (see [`conn::serve`]), not also by this one's.
+/// Serves one TCP connection: a WebSocket upgrade or plain HTTP (each over TLS when the
+/// port has it). An accepted WebSocket goes on as a task of its own on `tasks`, and this
+/// one ends: the connection is then held by the one future it runs (see [`conn::serve`]),
+/// not also by this one's.
 async fn handle<F>(
-    stream: TcpStream,
+    incoming: ns_http::Incoming,
     http: Http,
     shared: Arc<Shared>,
     routes: F,
@@ -270,11 +326,23 @@ async fn handle<F>(
 ) where
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
-    let _ = stream.set_nodelay(true);
-    // The head decides the branch, so the HTTP header timeout bounds both.
+    let _ = incoming.tcp().set_nodelay(true);
+    // The head decides the branch, so the HTTP header timeout bounds both, and the TLS
+    // handshake before it.
     let head_deadline = http.accepted_at + http.limits.header_timeout();
-    let upgrade = match tokio::time::timeout_at(head_deadline, is_upgrade(&stream)).await {
-        Ok(Ok(upgrade)) => upgrade,
+    let Some(mut stream) = incoming.establish(head_deadline).await else {
+        return;
+    };
+    let detect = async {
+        match stream {
+            // Peeked at: the bytes stay in the socket for whoever reads the request.
+            Stream::Plain(ref tcp) => is_upgrade(tcp).await.map(|upgrade| (upgrade, Vec::new())),
+            // Bytes under TLS can't be peeked at: read, and handed on ahead of the rest.
+            Stream::Tls(ref mut tls) => read_head(tls.as_mut()).await,
+        }
+    };
+    let (upgrade, head) = match tokio::time::timeout_at(head_deadline, detect).await {
+        Ok(Ok(detected)) => detected,
         _ => return,
     };
     // A WebSocket goes on in a task of its own, sized for it alone; plain HTTP on the heap,
@@ -283,7 +351,7 @@ async fn handle<F>(
         // The HTTP connection limit is for connections not (yet) WebSockets: a front-end
         // holds far more UAs than it would let slow HTTP clients hold.
         drop(http.admitted);
-        if let Some((ws, peer)) = conn::accept(stream).await {
+        if let Some((ws, peer)) = conn::accept(stream, head).await {
             tasks.spawn(conn::serve(ws, peer, shared, shutdown));
         }
     } else {
@@ -293,7 +361,7 @@ async fn handle<F>(
             admitted: _admitted,
         } = http;
         Box::pin(ns_http::serve_connection(
-            stream,
+            conn::Transport::new(stream, head),
             routes,
             &limits,
             accepted_at,
@@ -319,6 +387,26 @@ async fn is_upgrade(stream: &TcpStream) -> std::io::Result<bool> {
         }
         // The head came in pieces: wait a little for the rest rather than spin on peek.
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Reads the request head (or its first [`MAX_HEAD`] bytes) for `Upgrade: websocket`;
+/// returns what was read with the answer, to be read again before the rest.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(bool, Vec<u8>)> {
+    let mut head = Vec::with_capacity(1024);
+    loop {
+        let n = (&mut *stream)
+            .take((MAX_HEAD - head.len()) as u64)
+            .read_buf(&mut head)
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        // The end of the head may straddle two reads.
+        let complete = head.windows(4).any(|w| w == b"\r\n\r\n");
+        if complete || head.len() >= MAX_HEAD {
+            return Ok((head_has_upgrade(&head), head));
+        }
     }
 }
 

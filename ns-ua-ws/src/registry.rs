@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use common::model::{ConnId, EpochSecs, MessageId, UaId};
+use common::model::{ConnId, EpochMillis, EpochSecs, MessageId, UaId};
 use common::notification::Notification;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -31,6 +31,8 @@ pub(crate) struct Queued {
     pub(crate) frame: Utf8Bytes,
     /// When it may no longer be sent; `None` for a `ttl: 0` one, sent only now.
     pub(crate) expires_at: Option<EpochSecs>,
+    /// When it was accepted: the start of its delivery latency.
+    pub(crate) created_at: EpochMillis,
 }
 
 impl Queued {
@@ -39,6 +41,7 @@ impl Queued {
             message_id: n.message_id.clone(),
             frame,
             expires_at: (!n.is_ephemeral()).then_some(n.expires_at),
+            created_at: n.created_at,
         }
     }
 
@@ -280,6 +283,7 @@ mod tests {
             message_id: MessageId::new(id),
             frame: Utf8Bytes::from_static("[]"),
             expires_at: None,
+            created_at: EpochMillis(0),
         }))
     }
 

@@ -1,5 +1,6 @@
 //! A UA as the protocol describes it: a WebSocket with the `push-notification` subprotocol.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -7,7 +8,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -31,14 +32,24 @@ pub struct Ua {
 impl Ua {
     /// Opens a WebSocket to `url` offering `push-notification`.
     pub async fn connect(url: &str, token: &str) -> Ua {
+        Ua::connect_with(url, token, None).await
+    }
+
+    /// Opens a WebSocket to a `wss://` `url` offering `push-notification`, with the TLS of
+    /// `tls` (see [`crate::tls::client_config`]).
+    pub async fn connect_tls(url: &str, token: &str, tls: Arc<rustls::ClientConfig>) -> Ua {
+        Ua::connect_with(url, token, Some(Connector::Rustls(tls))).await
+    }
+
+    async fn connect_with(url: &str, token: &str, connector: Option<Connector>) -> Ua {
         let mut request = url.into_client_request().expect("ws request");
         request.headers_mut().insert(
             "sec-websocket-protocol",
             "push-notification".parse().expect("header value"),
         );
-        let (ws, response) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("WebSocket connect");
+        let connect =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
+        let (ws, response) = connect.await.expect("WebSocket connect");
         let protocol = response
             .headers()
             .get("sec-websocket-protocol")

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::Proc;
+use crate::tls::ServerTls;
 
 /// Which deployment a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +70,13 @@ pub struct Options {
     pub clock: Clock,
     /// Roles run as child processes of these binaries instead of in this process.
     pub processes: Vec<(Role, PathBuf)>,
+    /// TLS on every port, in-process or not: the URLs are then `https://` (and `wss://`).
+    pub tls: Option<ServerTls>,
+    /// A file the processes' standard error is appended to (else it is dropped, unless
+    /// `NS_TEST_LOG` is set).
+    pub process_log: Option<PathBuf>,
+    /// The processes' `RUST_LOG` (else `NS_TEST_RUST_LOG`, else `warn`).
+    pub log_filter: Option<String>,
 }
 
 impl Default for Options {
@@ -84,16 +92,52 @@ impl Default for Options {
             amqp_url: None,
             clock: Clock::system(),
             processes: Vec::new(),
+            tls: None,
+            process_log: None,
+            log_filter: None,
         }
     }
 }
 
 impl Options {
+    /// The in-process services' TLS.
+    fn tls(&self) -> Option<ns_runtime::tls::Tls> {
+        self.tls.as_ref().map(ServerTls::load)
+    }
+
+    /// The environment of a process: its TLS, if any.
+    fn tls_env(&self) -> Vec<(String, String)> {
+        self.tls.iter().flat_map(ServerTls::env).collect()
+    }
+
     fn binary(&self, role: Role) -> Option<PathBuf> {
         self.processes
             .iter()
             .find(|(r, _)| *r == role)
             .map(|(_, path)| path.clone())
+    }
+}
+
+/// The HTTP client of a cluster's ports. It keeps no idle connection: one would hold a
+/// place of a listener's connection limit, and outlive a restart of the process it went to.
+fn client(options: &Options) -> reqwest::Client {
+    let builder = match &options.tls {
+        Some(tls) => tls.http_client_builder(),
+        None => reqwest::Client::builder(),
+    };
+    builder
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("an HTTP client")
+}
+
+impl Options {
+    /// An in-process service's `run` within the limits and TLS of every port.
+    fn serve<F: std::future::Future>(
+        &self,
+        run: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        ns_http::with_tls(self.tls(), ns_http::with_limits(self.http.clone(), run))
     }
 }
 
@@ -139,9 +183,11 @@ fn listener() -> std::net::TcpListener {
     listener
 }
 
-fn url_of(listener: &std::net::TcpListener) -> String {
+/// The base URL of `listener`'s port: `https://` when `tls`.
+fn url_of(listener: &std::net::TcpListener, tls: bool) -> String {
     let addr: SocketAddr = listener.local_addr().expect("a bound listener");
-    format!("http://{addr}")
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
 }
 
 fn tokio_listener(listener: std::net::TcpListener) -> tokio::net::TcpListener {
@@ -160,12 +206,19 @@ struct Namespace {
 /// The server of one test.
 pub struct Cluster {
     pub backend: Backend,
-    /// `http://127.0.0.1:PORT` of each ns-ua-ws (the WebSocket is at `ws://` on the same port).
+    /// `http://127.0.0.1:PORT` of each ns-ua-ws (the WebSocket is at `ws://` on the same
+    /// port); `https://` and `wss://` with [`Options::tls`].
     pub ws: Vec<String>,
     pub as_url: String,
     pub udp_url: String,
     pub monitor_url: String,
     pub secret: String,
+    /// An HTTP client of the ports (trusting the test's CA with [`Options::tls`]).
+    pub client: reqwest::Client,
+    /// The TLS of every port, if any.
+    pub tls: Option<ServerTls>,
+    process_log: Option<PathBuf>,
+    log_filter: Option<String>,
     procs: Vec<(Role, Proc)>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -201,14 +254,19 @@ impl Cluster {
         let front_ends: Vec<_> = (0..options.ws_instances.max(1))
             .map(|_| listener())
             .collect();
-        let notify_base_url = url_of(&notify);
+        let https = options.tls.is_some();
+        let notify_base_url = url_of(&notify, https);
         let mut cluster = Cluster {
             backend: Backend::Distributed,
-            ws: front_ends.iter().map(url_of).collect(),
+            ws: front_ends.iter().map(|l| url_of(l, https)).collect(),
             as_url: notify_base_url.clone(),
-            udp_url: url_of(&wakeup),
-            monitor_url: url_of(&monitor),
+            udp_url: url_of(&wakeup, https),
+            monitor_url: url_of(&monitor, https),
             secret: secret.clone(),
+            client: client(&options),
+            tls: options.tls.clone(),
+            process_log: options.process_log.clone(),
+            log_filter: options.log_filter.clone(),
             procs: Vec::new(),
             shutdown: CancellationToken::new(),
             tasks: Vec::new(),
@@ -228,6 +286,7 @@ impl Cluster {
             env.into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .chain(http_env(&options.http))
+                .chain(options.tls_env())
                 .collect()
         };
         // Waited for, as the binaries do: a server started by the test may still be coming up.
@@ -246,9 +305,11 @@ impl Cluster {
                         .ok()
                 })
                 .await;
-            let store: Arc<dyn Store> = Arc::new(store);
-            let broker: Arc<dyn Broker> = Arc::new(broker);
-            (store, broker)
+            // Timed, as the binaries' are.
+            let registry = Registry::default();
+            let store: Arc<dyn Store> = ns_store::Timed::wrap(Arc::new(store), &registry);
+            let broker: Arc<dyn Broker> = ns_broker::Timed::wrap(Arc::new(broker), &registry);
+            (store, broker, registry)
         };
         let clock = options.clock.clone();
 
@@ -267,7 +328,7 @@ impl Cluster {
                 cluster.spawn(Role::Monitor, &binary, env, vec![monitor]);
             }
             None => {
-                let (store, broker) = connect().await;
+                let (store, broker, registry) = connect().await;
                 let settings = ns_msg_monitor::Settings {
                     sweep_interval_secs: sweep_interval,
                     sweep_min_age_secs: sweep_min_age,
@@ -276,7 +337,7 @@ impl Cluster {
                 let deps = ns_msg_monitor::Deps {
                     store,
                     broker,
-                    registry: Registry::default(),
+                    registry,
                     clock: clock.clone(),
                 };
                 let run = ns_msg_monitor::run(
@@ -285,7 +346,7 @@ impl Cluster {
                     deps,
                     cluster.shutdown.clone(),
                 );
-                cluster.in_process(ns_http::with_limits(options.http.clone(), run));
+                cluster.in_process(options.serve(run));
             }
         }
 
@@ -306,11 +367,11 @@ impl Cluster {
                 cluster.spawn(Role::Notify, &binary, env(&extra), vec![notify]);
             }
             None => {
-                let (store, broker) = connect().await;
+                let (store, broker, registry) = connect().await;
                 let deps = ns_as::Deps {
                     store,
                     broker,
-                    registry: Registry::default(),
+                    registry,
                     clock: clock.clone(),
                     secret: common::crypto::Secret::new(secret.as_bytes()),
                     public_base_url: notify_base_url.clone(),
@@ -321,7 +382,7 @@ impl Cluster {
                     deps,
                     cluster.shutdown.clone(),
                 );
-                cluster.in_process(ns_http::with_limits(options.http.clone(), run));
+                cluster.in_process(options.serve(run));
             }
         }
 
@@ -336,7 +397,7 @@ impl Cluster {
                     cluster.spawn(Role::FrontEnd(i), &binary, env, vec![listener]);
                 }
                 None => {
-                    let (store, broker) = connect().await;
+                    let (store, broker, registry) = connect().await;
                     let settings = ns_ua_ws::Settings {
                         server_id: Some(server_id),
                         ..options.front_end.clone()
@@ -344,7 +405,7 @@ impl Cluster {
                     let deps = ns_ua_ws::Deps {
                         store,
                         broker,
-                        registry: Registry::default(),
+                        registry,
                         clock: clock.clone(),
                         secret: common::crypto::Secret::new(secret.as_bytes()),
                         notify_base_url: notify_base_url.clone(),
@@ -355,7 +416,7 @@ impl Cluster {
                         deps,
                         cluster.shutdown.clone(),
                     );
-                    cluster.in_process(ns_http::with_limits(options.http.clone(), run));
+                    cluster.in_process(options.serve(run));
                 }
             }
         }
@@ -375,11 +436,11 @@ impl Cluster {
                 cluster.spawn(Role::Wakeup, &binary, env(&extra), vec![wakeup]);
             }
             None => {
-                let (store, broker) = connect().await;
+                let (store, broker, registry) = connect().await;
                 let deps = ns_ua_udp::Deps {
                     store,
                     broker,
-                    registry: Registry::default(),
+                    registry,
                     clock,
                     secret: common::crypto::Secret::new(secret.as_bytes()),
                     notify_base_url: notify_base_url.clone(),
@@ -390,7 +451,7 @@ impl Cluster {
                     deps,
                     cluster.shutdown.clone(),
                 );
-                cluster.in_process(ns_http::with_limits(options.http.clone(), run));
+                cluster.in_process(options.serve(run));
             }
         }
         cluster
@@ -399,14 +460,19 @@ impl Cluster {
     async fn embedded(options: Options, secret: String) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary data directory");
         let (ws, notify, pull, monitor) = (listener(), listener(), listener(), listener());
-        let notify_base_url = url_of(&notify);
+        let https = options.tls.is_some();
+        let notify_base_url = url_of(&notify, https);
         let mut cluster = Cluster {
             backend: Backend::Embedded,
-            ws: vec![url_of(&ws)],
+            ws: vec![url_of(&ws, https)],
             as_url: notify_base_url.clone(),
-            udp_url: url_of(&pull),
-            monitor_url: url_of(&monitor),
+            udp_url: url_of(&pull, https),
+            monitor_url: url_of(&monitor, https),
             secret: secret.clone(),
+            client: client(&options),
+            tls: options.tls.clone(),
+            process_log: options.process_log.clone(),
+            log_filter: options.log_filter.clone(),
             procs: Vec::new(),
             shutdown: CancellationToken::new(),
             tasks: Vec::new(),
@@ -432,7 +498,11 @@ impl Cluster {
                         options.monitor.max_pending_per_ua.to_string(),
                     ),
                 ];
-                let env = env.into_iter().chain(http_env(&options.http)).collect();
+                let env = env
+                    .into_iter()
+                    .chain(http_env(&options.http))
+                    .chain(options.tls_env())
+                    .collect();
                 cluster.spawn(
                     Role::Standalone,
                     &binary,
@@ -449,6 +519,9 @@ impl Cluster {
                 settings.front_end = options.front_end;
                 settings.wakeup = options.wakeup;
                 settings.http = options.http.clone();
+                if let Some(tls) = &options.tls {
+                    settings.tls = tls.config();
+                }
                 let listeners = ns_standalone::Listeners {
                     ws: tokio_listener(ws),
                     notify: tokio_listener(notify),
@@ -475,7 +548,11 @@ impl Cluster {
         env: Vec<(String, String)>,
         listeners: Vec<std::net::TcpListener>,
     ) {
-        self.procs.push((role, Proc::spawn(binary, env, listeners)));
+        let mut proc = Proc::new(binary, env, listeners);
+        proc.log = self.process_log.clone();
+        proc.log_filter = self.log_filter.clone();
+        proc.start();
+        self.procs.push((role, proc));
     }
 
     fn in_process(
@@ -500,7 +577,7 @@ impl Cluster {
 
     /// Waits until every port answers `/health` with 200.
     pub async fn wait_healthy(&self) {
-        let client = reqwest::Client::new();
+        let client = self.client.clone();
         for url in self.http_ports() {
             crate::eventually(&format!("{url}/health"), Duration::from_secs(60), || {
                 let (client, url) = (client.clone(), url.clone());
@@ -522,15 +599,19 @@ impl Cluster {
             .unwrap_or_else(|| panic!("{role:?} does not run as a process"))
     }
 
-    /// The WebSocket URL of instance `i`.
+    /// The WebSocket URL of instance `i` (`wss://` with TLS).
     pub fn ws_url(&self, i: usize) -> String {
-        self.ws[i].replacen("http://", "ws://", 1) + "/"
+        let (http, ws) = match self.tls {
+            Some(_) => ("https://", "wss://"),
+            None => ("http://", "ws://"),
+        };
+        self.ws[i].replacen(http, ws, 1) + "/"
     }
 
     /// Waits until no front-end holds a WebSocket any more: every connection that was
     /// closed has been released, its UA recorded as offline.
     pub async fn wait_no_connections(&self) {
-        let client = reqwest::Client::new();
+        let client = self.client.clone();
         for url in &self.ws {
             crate::eventually("every connection released", Duration::from_secs(30), || {
                 let (client, url) = (client.clone(), url.clone());
@@ -543,9 +624,12 @@ impl Cluster {
                         .text()
                         .await
                         .ok()?;
-                    text.lines()
-                        .any(|l| l == "ns_ws_connections 0")
-                        .then_some(())
+                    let open: i64 = text
+                        .lines()
+                        .filter(|l| l.starts_with("ns_ws_connections{"))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+                        .sum();
+                    (open == 0 && text.contains("ns_ws_connections{")).then_some(())
                 }
             })
             .await;
@@ -554,7 +638,9 @@ impl Cluster {
 
     /// A new uatoken from instance 0.
     pub async fn token(&self) -> String {
-        reqwest::get(format!("{}/token", self.ws[0]))
+        self.client
+            .get(format!("{}/token", self.ws[0]))
+            .send()
             .await
             .expect("GET /token")
             .text()
@@ -564,7 +650,8 @@ impl Cluster {
 
     /// POSTs a notify body (JSON text) to `url`; returns status and JSON body.
     pub async fn notify(&self, url: &str, body: &str) -> (u16, serde_json::Value) {
-        let r = reqwest::Client::new()
+        let r = self
+            .client
             .post(url)
             .header("content-type", "application/json")
             .body(body.to_owned())

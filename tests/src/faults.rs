@@ -118,7 +118,7 @@ pub fn binaries() -> &'static Binaries {
 }
 
 /// Builds `packages`' binaries into `profile_dir` (`target/<profile>`).
-fn build(profile_dir: &Path, packages: &[&str]) {
+pub(crate) fn build(profile_dir: &Path, packages: &[&str]) {
     let target_dir = profile_dir.parent().expect("a target directory");
     let profile = match profile_dir
         .file_name()
@@ -147,7 +147,7 @@ fn build(profile_dir: &Path, packages: &[&str]) {
 
 /// The time of the newest `.rs` or `Cargo.*` file of the workspace outside `target` and
 /// this crate.
-fn newest_source(workspace: &Path) -> SystemTime {
+pub(crate) fn newest_source(workspace: &Path) -> SystemTime {
     let mut newest = SystemTime::UNIX_EPOCH;
     let mut dirs = vec![workspace.to_owned()];
     while let Some(dir) = dirs.pop() {

@@ -5,16 +5,19 @@
 
 #![allow(unreachable_pub)]
 
+pub mod cli;
 pub mod client;
 pub mod cluster;
-pub mod ece;
 pub mod faults;
 pub mod process;
 pub mod raw;
+pub mod tls;
 pub mod webpush;
 
 pub use client::{Ua, UaEvent};
 pub use cluster::{Backend, Cluster, Options, Role};
+/// Web Push payload encryption: one implementation, `ns`'s.
+pub use ns_cli::ece;
 
 use std::future::Future;
 use std::time::Duration;

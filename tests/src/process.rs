@@ -19,19 +19,31 @@ pub struct Proc {
     env: Vec<(String, String)>,
     listeners: Vec<TcpListener>,
     child: Option<Child>,
+    /// A file its standard error is appended to; else it is dropped (inherited with
+    /// `NS_TEST_LOG`).
+    pub log: Option<PathBuf>,
+    /// Its `RUST_LOG`; else `NS_TEST_RUST_LOG`, else `warn`.
+    pub log_filter: Option<String>,
 }
 
 impl Proc {
     /// Starts `program` with `env` on `listeners`, handed over in this order.
     pub fn spawn(program: &Path, env: Vec<(String, String)>, listeners: Vec<TcpListener>) -> Proc {
-        let mut p = Proc {
+        let mut p = Proc::new(program, env, listeners);
+        p.start();
+        p
+    }
+
+    /// `program` with `env` on `listeners`, not started yet.
+    pub fn new(program: &Path, env: Vec<(String, String)>, listeners: Vec<TcpListener>) -> Proc {
+        Proc {
             program: program.to_owned(),
             env,
             listeners,
             child: None,
-        };
-        p.start();
-        p
+            log: None,
+            log_filter: None,
+        }
     }
 
     /// Starts (again) with the same environment and sockets.
@@ -48,17 +60,28 @@ impl Proc {
                 child_fd,
             })
             .collect();
-        let log = std::env::var("NS_TEST_LOG").is_ok();
+        let stderr = match (&self.log, std::env::var("NS_TEST_LOG").is_ok()) {
+            (Some(path), _) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(Stdio::from)
+                .unwrap_or_else(|e| panic!("opening {}: {e}", path.display())),
+            (None, true) => Stdio::inherit(),
+            (None, false) => Stdio::null(),
+        };
         let mut command = Command::new(&self.program);
         command
             .envs(self.env.iter().cloned())
             .env("LISTEN_FDS", self.listeners.len().to_string())
             .env(
                 "RUST_LOG",
-                std::env::var("NS_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                self.log_filter.clone().unwrap_or_else(|| {
+                    std::env::var("NS_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into())
+                }),
             )
             .stdout(Stdio::null())
-            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .stderr(stderr)
             .fd_mappings(mappings)
             .expect("distinct descriptors");
         let child = command

@@ -30,7 +30,19 @@ impl PushUa {
     /// Connects to `ws_url` and says `hello`, with `uaid` if given; panics unless the answer
     /// is a `hello` with status 200.
     pub async fn hello(ws_url: &str, uaid: Option<&str>) -> PushUa {
-        let mut ua = Ua::connect(ws_url, "").await;
+        PushUa::say_hello(Ua::connect(ws_url, "").await, uaid).await
+    }
+
+    /// [`PushUa::hello`] over TLS: `ws_url` is a `wss://` URL, `tls` trusts its certificate.
+    pub async fn hello_tls(
+        ws_url: &str,
+        uaid: Option<&str>,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> PushUa {
+        PushUa::say_hello(Ua::connect_tls(ws_url, "", tls).await, uaid).await
+    }
+
+    async fn say_hello(mut ua: Ua, uaid: Option<&str>) -> PushUa {
         let mut hello = json!({"messageType": "hello", "use_webpush": true, "broadcasts": {}});
         if let Some(uaid) = uaid {
             hello["uaid"] = json!(uaid);
@@ -149,7 +161,8 @@ impl Subscription {
 
     /// A push request for `text`, encrypted with `aes128gcm`, with `TTL: ttl`.
     pub fn message(&self, text: &str, ttl: u32) -> Push {
-        let body = ece::encrypt_aes128gcm(&self.keys.p256dh(), &self.keys.auth(), text.as_bytes());
+        let body = ece::encrypt_aes128gcm(&self.keys.p256dh(), &self.keys.auth(), text.as_bytes())
+            .expect("p256dh is an uncompressed P-256 point");
         Push::new(&self.endpoint, body)
             .header("TTL", &ttl.to_string())
             .header("Content-Encoding", "aes128gcm")
@@ -157,7 +170,8 @@ impl Subscription {
 
     /// The same with the legacy `aesgcm` encoding and its two headers.
     pub fn legacy_message(&self, text: &str, ttl: u32) -> Push {
-        let e = ece::encrypt_aesgcm(&self.keys.p256dh(), &self.keys.auth(), text.as_bytes());
+        let e = ece::encrypt_aesgcm(&self.keys.p256dh(), &self.keys.auth(), text.as_bytes())
+            .expect("p256dh is an uncompressed P-256 point");
         Push::new(&self.endpoint, e.body)
             .header("TTL", &ttl.to_string())
             .header("Content-Encoding", "aesgcm")
@@ -250,20 +264,8 @@ impl Push {
     }
 }
 
-/// `scheme://host:port` of a URL.
-pub fn origin(url: &str) -> String {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    match url[after_scheme..].find('/') {
-        Some(i) => url[..after_scheme + i].to_owned(),
-        None => url.to_owned(),
-    }
-}
-
-/// The applicationServerKey of a VAPID key, as a page gives it to `subscribe()`.
-pub fn application_server_key(key: &SigningKey) -> String {
-    let point = key.verifying_key().to_encoded_point(false);
-    URL_SAFE_NO_PAD.encode(point.as_bytes())
-}
+/// `scheme://host:port` of a URL, and the applicationServerKey of a VAPID key: `ns`'s.
+pub use ns_cli::vapid::{application_server_key, origin};
 
 pub fn vapid_key() -> SigningKey {
     SigningKey::random(&mut rand::thread_rng())

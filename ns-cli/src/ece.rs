@@ -1,9 +1,10 @@
-//! Web Push payload encryption for the tests: what a sender (pywebpush, web-push) does to a
-//! payload, and what the UA does to read it, in RFC 8291 `aes128gcm` (one RFC 8188 record)
-//! and the legacy `aesgcm` (draft-ietf-webpush-encryption-04) that Firefox still accepts.
+//! Web Push payload encryption: what a sender (pywebpush, web-push, `ns webpush send`) does
+//! to a payload, and what the UA (`ns webpush listen`) does to read it, in RFC 8291
+//! `aes128gcm` (one RFC 8188 record) and the legacy `aesgcm`
+//! (draft-ietf-webpush-encryption-04) that Firefox still accepts.
 //!
-//! The server never decrypts; tests use this to send real encrypted bodies and to check
-//! that what a UA receives still opens with its keys, byte for byte.
+//! The server never decrypts; the protocol suite uses this too, to send real encrypted
+//! bodies and to check that what a UA receives still opens with its keys, byte for byte.
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce};
@@ -71,6 +72,12 @@ impl Subscriber {
 
     pub fn auth(&self) -> [u8; 16] {
         self.auth
+    }
+
+    /// The private scalar, 32 bytes, so that a UA can keep its subscription across runs
+    /// (`from_parts` takes it back).
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        self.secret.to_bytes().to_vec()
     }
 
     /// Opens an `aes128gcm` body: the header carries salt, record size and the sender's key.
@@ -160,8 +167,12 @@ impl Subscriber {
 }
 
 /// Encrypts `plaintext` as a sender does for `aes128gcm`, with a fresh key and salt, in one
-/// record. Panics if `p256dh` is not a P-256 point: tests pass keys a `Subscriber` made.
-pub fn encrypt_aes128gcm(p256dh: &[u8], auth: &[u8], plaintext: &[u8]) -> Vec<u8> {
+/// record; fails if `p256dh` is not an uncompressed P-256 point.
+pub fn encrypt_aes128gcm(
+    p256dh: &[u8],
+    auth: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, EceError> {
     encrypt_aes128gcm_with(
         &SecretKey::random(&mut OsRng),
         &salt(),
@@ -169,7 +180,6 @@ pub fn encrypt_aes128gcm(p256dh: &[u8], auth: &[u8], plaintext: &[u8]) -> Vec<u8
         auth,
         plaintext,
     )
-    .expect("p256dh is an uncompressed P-256 point")
 }
 
 /// An `aesgcm` message: the body and the header values sent with it.
@@ -182,9 +192,9 @@ pub struct AesGcm {
     pub crypto_key: String,
 }
 
-/// Encrypts `plaintext` as a sender does for the legacy `aesgcm`, in one record. Panics if
-/// `p256dh` is not a P-256 point.
-pub fn encrypt_aesgcm(p256dh: &[u8], auth: &[u8], plaintext: &[u8]) -> AesGcm {
+/// Encrypts `plaintext` as a sender does for the legacy `aesgcm`, in one record; fails if
+/// `p256dh` is not an uncompressed P-256 point.
+pub fn encrypt_aesgcm(p256dh: &[u8], auth: &[u8], plaintext: &[u8]) -> Result<AesGcm, EceError> {
     encrypt_aesgcm_with(
         &SecretKey::random(&mut OsRng),
         &salt(),
@@ -192,7 +202,6 @@ pub fn encrypt_aesgcm(p256dh: &[u8], auth: &[u8], plaintext: &[u8]) -> AesGcm {
         auth,
         plaintext,
     )
-    .expect("p256dh is an uncompressed P-256 point")
 }
 
 fn encrypt_aes128gcm_with(
@@ -422,11 +431,11 @@ mod tests {
         assert_eq!(ua.p256dh().len(), 65);
         for len in [0, 1, 100, 3993, 4094, 5000] {
             let plaintext: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let body = encrypt_aes128gcm(&ua.p256dh(), &ua.auth(), &plaintext);
+            let body = encrypt_aes128gcm(&ua.p256dh(), &ua.auth(), &plaintext).expect("a point");
             assert_eq!(body.len(), 86 + len + 17);
             assert_eq!(ua.decrypt_aes128gcm(&body), Ok(plaintext.clone()), "{len}");
 
-            let m = encrypt_aesgcm(&ua.p256dh(), &ua.auth(), &plaintext);
+            let m = encrypt_aesgcm(&ua.p256dh(), &ua.auth(), &plaintext).expect("a point");
             assert_eq!(m.body.len(), len + 18);
             assert_eq!(
                 ua.decrypt_aesgcm(&m.body, &m.encryption, &m.crypto_key),
@@ -439,13 +448,13 @@ mod tests {
     #[test]
     fn wrong_subscriber_or_tampering_fails() {
         let (ua, other) = (Subscriber::generate(), Subscriber::generate());
-        let mut body = encrypt_aes128gcm(&ua.p256dh(), &ua.auth(), b"hi");
+        let mut body = encrypt_aes128gcm(&ua.p256dh(), &ua.auth(), b"hi").expect("a point");
         assert_eq!(other.decrypt_aes128gcm(&body), Err(EceError::Decrypt));
         let last = body.len() - 1;
         body[last] ^= 1;
         assert_eq!(ua.decrypt_aes128gcm(&body), Err(EceError::Decrypt));
 
-        let m = encrypt_aesgcm(&ua.p256dh(), &ua.auth(), b"hi");
+        let m = encrypt_aesgcm(&ua.p256dh(), &ua.auth(), b"hi").expect("a point");
         assert_eq!(
             other.decrypt_aesgcm(&m.body, &m.encryption, &m.crypto_key),
             Err(EceError::Decrypt)
@@ -489,7 +498,7 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         let ua = Subscriber::generate();
-        let body = encrypt_aes128gcm(&ua.p256dh(), &ua.auth(), b"hi");
+        let body = encrypt_aes128gcm(&ua.p256dh(), &ua.auth(), b"hi").expect("a point");
         assert_eq!(ua.decrypt_aes128gcm(&[]), Err(EceError::Truncated));
         assert_eq!(ua.decrypt_aes128gcm(&body[..40]), Err(EceError::Truncated));
         assert_eq!(ua.decrypt_aes128gcm(&body[..86]), Err(EceError::Truncated));
