@@ -2,7 +2,7 @@
 //! decode each message, hand it to the service, and settle it by what the service says.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -56,9 +56,12 @@ pub async fn consume<T, F, Fut>(
         return;
     };
     let queue = consumer.queue;
+    let timing = broker.settle_timing(queue, consumer.kind);
+    let timing = timing.as_ref();
     futures::stream::poll_fn(move |cx| subscription.poll_recv(cx))
         .take_until(shutdown.cancelled())
         .for_each_concurrent(consumer.concurrency.max(1), |delivery| {
+            let received = Instant::now();
             let handled = common::messages::decode::<T>(&delivery.payload).map(&handle);
             async move {
                 let outcome = match handled {
@@ -68,16 +71,27 @@ pub async fn consume<T, F, Fut>(
                         Handled::Done
                     }
                 };
+                let settling = Instant::now();
+                if let Some(t) = timing {
+                    t.handling.observe(settling - received);
+                }
                 match outcome {
                     Handled::Done => {
                         if let Err(error) = delivery.ack().await {
                             tracing::warn!(%error, queue, "ack failed; the message will be handled again");
                         }
+                        if let Some(t) = timing {
+                            t.ack.since(settling);
+                        }
                     }
                     Handled::Retry => {
                         tokio::time::sleep(RETRY_DELAY).await;
+                        let nacking = Instant::now();
                         if let Err(error) = delivery.nack().await {
                             tracing::warn!(%error, queue, "nack failed; the broker redelivers the message when its channel closes");
+                        }
+                        if let Some(t) = timing {
+                            t.nack.since(nacking);
                         }
                     }
                 }

@@ -11,7 +11,7 @@ mod consume;
 mod timed;
 
 pub use consume::{consume, Consumer, Handled};
-pub use timed::{Timed, HANDLING_DURATION, OPERATION_DURATION};
+pub use timed::{SettleTiming, Timed, HANDLING_DURATION, OPERATION_DURATION};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -128,6 +128,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Receives every event published from now on, or [`Event::Missed`] where some may
     /// have been lost.
     async fn subscribe_events(&self) -> Result<Events, BrokerError>;
+
+    /// Where [`consume`] records the handling and settling of `queue`'s messages: `None`
+    /// but for a [`Timed`] broker.
+    fn settle_timing(&self, _queue: &str, _kind: QueueKind) -> Option<SettleTiming> {
+        None
+    }
 }
 
 /// Publishes `message` to `queue` as JSON.

@@ -1,6 +1,7 @@
 //! [`Timed`]: a [`Broker`] that times the operations of the broker it wraps, whichever it
-//! is: publishing (until confirmed), settling a message, and each message's time from its
-//! receipt to its settlement (what the service took to handle it).
+//! is: publishing (until confirmed) here, and, through [`SettleTiming`] for the consume loop
+//! ([`crate::consume`]), settling a message and each message's time from its receipt to its
+//! settlement (what the service took to handle it).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,16 +10,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use common::messages::RouteEvent;
 use ns_runtime::metrics::{Histogram, Registry, LATENCY_BUCKETS};
-use tokio::sync::mpsc;
 
-use crate::{Acker, Broker, BrokerError, Delivery, Events, QueueKind, Subscription};
+use crate::{Broker, BrokerError, Events, QueueKind, Subscription};
 
 /// The histogram of operation times.
 pub const OPERATION_DURATION: &str = "ns_broker_operation_duration_seconds";
 /// The histogram of the times from a message's receipt to its settlement.
 pub const HANDLING_DURATION: &str = "ns_broker_message_handling_duration_seconds";
 
-#[derive(Clone)]
 struct Ops {
     publish: Arc<Histogram>,
     publish_event: Arc<Histogram>,
@@ -75,53 +74,16 @@ impl Broker for Timed {
         self.inner.declare_durable(queue).await
     }
 
-    /// Feeds the subscription through a task that stamps each message as it arrives, so
-    /// that its settlement is timed; the inner subscription ends once this one is dropped.
+    /// The subscription as it is: [`crate::consume`] times its messages with
+    /// [`Broker::settle_timing`], so that no task or allocation of this wrapper sits between
+    /// the broker and the service.
     async fn consume(
         &self,
         queue: &str,
         kind: QueueKind,
         prefetch: u16,
     ) -> Result<Subscription, BrokerError> {
-        let mut inner = self.inner.consume(queue, kind, prefetch).await?;
-        // A front-end's own queue is named after its random id: one series for them all.
-        let label = match kind {
-            QueueKind::Durable => queue,
-            QueueKind::Private => "front_end",
-        };
-        let handling = self.registry.histogram(
-            HANDLING_DURATION,
-            "Time from a message's receipt from the broker to its ack or nack, by queue.",
-            &[("queue", label)],
-            LATENCY_BUCKETS,
-        );
-        let (tx, subscription) = mpsc::channel(usize::from(prefetch).max(1));
-        let ops = self.ops.clone();
-        tokio::spawn(async move {
-            loop {
-                let delivery = tokio::select! {
-                    d = inner.recv() => d,
-                    () = tx.closed() => None,
-                };
-                let Some(Delivery { payload, acker }) = delivery else {
-                    break;
-                };
-                let acker = TimedAcker {
-                    inner: acker,
-                    received: Instant::now(),
-                    ops: ops.clone(),
-                    handling: handling.clone(),
-                };
-                if tx
-                    .send(Delivery::new(payload, Box::new(acker)))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Ok(subscription)
+        self.inner.consume(queue, kind, prefetch).await
     }
 
     async fn publish_event(&self, event: &RouteEvent) -> Result<(), BrokerError> {
@@ -134,30 +96,31 @@ impl Broker for Timed {
     async fn subscribe_events(&self) -> Result<Events, BrokerError> {
         self.inner.subscribe_events().await
     }
+
+    fn settle_timing(&self, queue: &str, kind: QueueKind) -> Option<SettleTiming> {
+        // A front-end's own queue is named after its random id: one series for them all.
+        let label = match kind {
+            QueueKind::Durable => queue,
+            QueueKind::Private => "front_end",
+        };
+        let handling = self.registry.histogram(
+            HANDLING_DURATION,
+            "Time from a message's receipt from the broker to its ack or nack, by queue.",
+            &[("queue", label)],
+            LATENCY_BUCKETS,
+        );
+        Some(SettleTiming {
+            handling,
+            ack: self.ops.ack.clone(),
+            nack: self.ops.nack.clone(),
+        })
+    }
 }
 
-struct TimedAcker {
-    inner: Box<dyn Acker>,
-    received: Instant,
-    ops: Ops,
-    handling: Arc<Histogram>,
-}
-
-#[async_trait]
-impl Acker for TimedAcker {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        let start = Instant::now();
-        self.handling.observe(start - self.received);
-        let out = self.inner.ack().await;
-        self.ops.ack.since(start);
-        out
-    }
-
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
-        let start = Instant::now();
-        self.handling.observe(start - self.received);
-        let out = self.inner.nack().await;
-        self.ops.nack.since(start);
-        out
-    }
+/// The histograms of one consumer's messages: the time from each one's receipt to the start
+/// of its settlement (what the service took to handle it), and the settling itself.
+pub struct SettleTiming {
+    pub handling: Arc<Histogram>,
+    pub ack: Arc<Histogram>,
+    pub nack: Arc<Histogram>,
 }

@@ -37,8 +37,11 @@ impl Exit {
     }
 }
 
-/// The exit table as `--help` shows it.
-pub const EXIT_TABLE: &str = "\
+/// The exit table as `--help` shows it: a macro, so that `--help`'s text is made of it at
+/// compile time.
+macro_rules! exit_table {
+    () => {
+        "\
 Exit status:
   0   done
   64  usage: bad command line, URL or option value
@@ -50,7 +53,10 @@ Exit status:
   73  an output file can't be created
   74  standard output can't be written
   75  the server refused for now (HTTP 429 or 503): retry later
-  76  the server answered something outside the protocol";
+  76  the server answered something outside the protocol"
+    };
+}
+pub(crate) use exit_table;
 
 /// Which protocol an error answer came in: it names its code differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

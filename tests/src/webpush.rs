@@ -288,3 +288,19 @@ pub async fn location(method: reqwest::Method, url: &str) -> (u16, Value) {
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
+
+/// A sender that is pywebpush, unmodified: `python3 -c PYWEBPUSH` with the endpoint, p256dh,
+/// auth, VAPID private key (raw, base64url), encoding and text as arguments sends one
+/// message and prints the status answered.
+pub const PYWEBPUSH: &str = r#"
+import sys
+from pywebpush import webpush, WebPushException
+endpoint, p256dh, auth, vapid, encoding, text = sys.argv[1:7]
+try:
+    r = webpush({"endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth}}, text,
+                vapid_private_key=vapid, vapid_claims={"sub": "mailto:test@example.com"},
+                content_encoding=encoding, ttl=600)
+    print(r.status_code)
+except WebPushException as e:
+    print(e.response.status_code if e.response is not None else e)
+"#;

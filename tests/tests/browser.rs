@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ns_tests::webpush::{vapid_key, PushUa};
+use ns_tests::webpush::{vapid_key, PushUa, PYWEBPUSH};
 use ns_tests::{Backend, Cluster};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -62,21 +62,6 @@ async fn firefox_subscribes_and_receives(b: Backend) {
         }
     }
 }
-
-/// Sends one message with pywebpush: endpoint, p256dh, auth, VAPID private key (raw,
-/// base64url), encoding and text as arguments; prints the status.
-const PYWEBPUSH: &str = r#"
-import sys
-from pywebpush import webpush, WebPushException
-endpoint, p256dh, auth, vapid, encoding, text = sys.argv[1:7]
-try:
-    r = webpush({"endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth}}, text,
-                vapid_private_key=vapid, vapid_claims={"sub": "mailto:test@example.com"},
-                content_encoding=encoding, ttl=600)
-    print(r.status_code)
-except WebPushException as e:
-    print(e.response.status_code if e.response is not None else e)
-"#;
 
 async fn pywebpush_with_vapid(b: Backend) {
     let c = Cluster::start(b).await;

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ns_tests::faults::binaries;
 use ns_tests::tls::{replace, Ca, Files};
-use ns_tests::webpush::{application_server_key, vapid_key, PushUa};
+use ns_tests::webpush::{application_server_key, vapid_key, PushUa, PYWEBPUSH};
 use ns_tests::{eventually, Backend, Cluster, Options, Role, Ua};
 use serde_json::json;
 use tokio::process::Command;
@@ -108,21 +108,6 @@ async fn rust_clients_over_wss_and_https() {
     assert!(untrusting.get(c.ws[0].clone()).send().await.is_err());
     notify_and_receive(&c, &mut ua, &url, "still over TLS").await;
 }
-
-/// Sends one message with pywebpush, run as in browser.rs: endpoint, p256dh, auth, VAPID
-/// private key (raw, base64url), encoding and text as arguments; prints the status.
-const PYWEBPUSH: &str = r#"
-import sys
-from pywebpush import webpush, WebPushException
-endpoint, p256dh, auth, vapid, encoding, text = sys.argv[1:7]
-try:
-    r = webpush({"endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth}}, text,
-                vapid_private_key=vapid, vapid_claims={"sub": "mailto:test@example.com"},
-                content_encoding=encoding, ttl=600)
-    print(r.status_code)
-except WebPushException as e:
-    print(e.response.status_code if e.response is not None else e)
-"#;
 
 /// Sends one message with the npm `web-push` library: endpoint, p256dh, auth, VAPID public
 /// and private keys (base64url), encoding and text as arguments; prints the status.
