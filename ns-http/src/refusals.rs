@@ -65,7 +65,7 @@ impl Refusal {
     }
 }
 
-/// The refusal counters of one service: every Telefónica code registered up front (so that a
+/// The refusal counters of one service: the codes it answers registered up front (so that a
 /// dashboard shows zeros), others on first use.
 #[derive(Clone)]
 pub struct Refusals {
@@ -87,6 +87,16 @@ impl Refusals {
             service,
             registry: registry.clone(),
             known,
+        }
+    }
+
+    /// The counters of a service that answers no protocol (the monitor: only its health and
+    /// metrics), each registered on first use.
+    pub fn on_first_use(service: &'static str, registry: &Registry) -> Self {
+        Refusals {
+            service,
+            registry: registry.clone(),
+            known: Arc::new([]),
         }
     }
 

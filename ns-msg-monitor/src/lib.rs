@@ -354,7 +354,7 @@ pub async fn run(
     let routes = ns_http::ops_routes(health, deps.registry.clone())
         .recover(ns_http::recover)
         .unify();
-    let refusals = ns_http::Refusals::new("ns-msg-monitor", &deps.registry, &[]);
+    let refusals = ns_http::Refusals::on_first_use("ns-msg-monitor", &deps.registry);
     let url = ns_http::listening_url(&listener)?;
     tracing::info!("listening on {url} (monitor)");
     ns_http::serve(

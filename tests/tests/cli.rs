@@ -10,7 +10,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ns_tests::cli::{ns, Running};
 use ns_tests::ece::Subscriber;
-use ns_tests::faults::free_port;
 use ns_tests::tls::{Ca, Files};
 use ns_tests::{eventually, Backend, Cluster, Options};
 use serde_json::Value;
@@ -611,7 +610,12 @@ async fn over_tls_with_ca_cert() {
 /// `ns: ...` on standard error and nothing on standard output.
 #[tokio::test]
 async fn exit_statuses_without_a_server() {
-    let nobody = format!("127.0.0.1:{}", free_port());
+    // A port held by a socket that does not listen: a connection to it is refused, and no
+    // other test can take it meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().expect("a socket");
+    held.bind(([127, 0, 0, 1], 0).into())
+        .expect("binding a port");
+    let nobody = held.local_addr().expect("its address").to_string();
     let notify_url = format!("http://{nobody}/notify/x");
     let ws = format!("ws://{nobody}");
     let endpoint = format!("http://{nobody}/wpush/v2/x");

@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use ns_tests::eventually;
-use ns_tests::faults::binaries;
+use ns_tests::faults::{binaries, free_port};
 use tokio::process::Command;
 
 fn contrib(name: &str) -> PathBuf {
@@ -252,14 +252,6 @@ async fn print_config_hides_secrets_and_passwords() {
         "{printed}"
     );
     assert!(printed.contains("secret = \"<redacted>\""), "{printed}");
-}
-
-/// A port free on loopback now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 #[tokio::test]
