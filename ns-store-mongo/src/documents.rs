@@ -197,6 +197,11 @@ pub(crate) struct MessageRef {
 }
 
 #[derive(Debug, Deserialize)]
+pub(crate) struct ExpiryRef {
+    pub(crate) expires_at: EpochSecs,
+}
+
+#[derive(Debug, Deserialize)]
 pub(crate) struct UaRef {
     pub(crate) ua: UaId,
 }

@@ -33,7 +33,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::options::{ClientOptions, ReturnDocument, WriteConcern};
 use mongodb::Client;
-use ns_store::{Added, Store, StoreError, StoreResult};
+use ns_store::{Added, OwedCount, Store, StoreError, StoreResult};
 
 use collections::{db_err, is_duplicate, Collections, NotificationWrite, Recorded};
 use documents::*;
@@ -107,6 +107,22 @@ impl MongoStore {
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0);
         Ok(unrouted + owed)
+    }
+
+    /// The message ids of the UA's outstanding deliveries, whatever their notification's state.
+    async fn owed_ids(&self, ua: &UaId) -> StoreResult<Vec<MessageId>> {
+        let refs: Vec<MessageRef> = self
+            .c
+            .deliveries
+            .clone_with_type::<MessageRef>()
+            .find(doc! { "ua": ua.as_str(), "status": outstanding_statuses() })
+            .projection(doc! { "_id": 0, "message_id": 1 })
+            .await
+            .map_err(db_err)?
+            .try_collect()
+            .await
+            .map_err(db_err)?;
+        Ok(refs.into_iter().map(|r| r.message_id).collect())
     }
 
     /// The status report of `n` from its deliveries.
@@ -429,21 +445,7 @@ impl Store for MongoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let refs: Vec<MessageRef> = self
-            .c
-            .deliveries
-            .clone_with_type::<MessageRef>()
-            .find(doc! { "ua": ua.as_str(), "status": outstanding_statuses() })
-            .projection(doc! { "_id": 0, "message_id": 1 })
-            .await
-            .map_err(db_err)?
-            .try_collect()
-            .await
-            .map_err(db_err)?;
-        if refs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<MessageId> = refs.into_iter().map(|r| r.message_id).collect();
+        let ids = self.owed_ids(ua).await?;
         // Each chunk yields its own oldest `limit`; merging them and cutting again gives the
         // overall oldest `limit`. There is a single chunk unless the UA owes thousands.
         let mut found = Vec::new();
@@ -471,6 +473,37 @@ impl Store for MongoStore {
             .into_iter()
             .map(NotificationDoc::into_notification)
             .collect()
+    }
+
+    async fn owed_count(&self, ua: &UaId, now: EpochSecs) -> StoreResult<OwedCount> {
+        let ids = self.owed_ids(ua).await?;
+        let mut count = OwedCount::default();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let deliverable = with(
+                with(doc! { "_id": { "$in": strs(chunk) } }, &deliverable()),
+                &unexpired(now),
+            );
+            let expiries: Vec<ExpiryRef> = self
+                .c
+                .notifications
+                .clone_with_type::<ExpiryRef>()
+                .find(deliverable)
+                .projection(doc! { "_id": 0, "expires_at": 1 })
+                .await
+                .map_err(db_err)?
+                .try_collect()
+                .await
+                .map_err(db_err)?;
+            for e in expiries {
+                count.pending += 1;
+                count.next_expiry = Some(
+                    count
+                        .next_expiry
+                        .map_or(e.expires_at, |at| at.min(e.expires_at)),
+                );
+            }
+        }
+        Ok(count)
     }
 
     async fn status(

@@ -32,7 +32,7 @@ use common::delivery::{DeliveryUpdate, StatusReport};
 use common::model::{App, AppToken, EpochSecs, Live, MessageId, UaId, UaRoute};
 use common::notification::{Notification, NotificationHead};
 use common::purge::Retention;
-use ns_store::{Added, Durable, Store, StoreError, StoreResult};
+use ns_store::{Added, Durable, OwedCount, Store, StoreError, StoreResult};
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
@@ -545,6 +545,10 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<Vec<Notification>> {
         let heads = self.mem().outstanding(ua, now, limit);
         self.with_payloads(heads).await
+    }
+
+    async fn owed_count(&self, ua: &UaId, now: EpochSecs) -> StoreResult<OwedCount> {
+        Ok(self.mem().owed_count(ua, now))
     }
 
     async fn status(

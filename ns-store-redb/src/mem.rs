@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use common::delivery::{DeliveryRecord, StatusReport};
 use common::model::{AppToken, EpochMillis, EpochSecs, MessageId, UaId, UaRoute};
 use common::notification::NotificationHead;
+use ns_store::OwedCount;
 
 use crate::plan::Changes;
 use crate::tables::{NotificationRecord, UaRecord};
@@ -57,6 +58,24 @@ impl Mem {
             .take(limit)
             .map(|r| r.head.clone())
             .collect()
+    }
+
+    /// How many notifications the UA is owed at `now`, and their soonest expiry.
+    pub(crate) fn owed_count(&self, ua: &UaId, now: EpochSecs) -> OwedCount {
+        let Some(owed) = self.outstanding.get(ua) else {
+            return OwedCount::default();
+        };
+        owed.iter()
+            .filter_map(|(_, id)| self.notifications.get(id))
+            .filter(|r| r.state.is_deliverable(&r.head, now))
+            .fold(OwedCount::default(), |count, r| OwedCount {
+                pending: count.pending + 1,
+                next_expiry: Some(
+                    count
+                        .next_expiry
+                        .map_or(r.head.expires_at, |at| at.min(r.head.expires_at)),
+                ),
+            })
     }
 
     pub(crate) fn outstanding(

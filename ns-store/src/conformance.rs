@@ -22,7 +22,7 @@ use common::notification::{ContentEncoding, Notification, Payload, PushMessage};
 use common::purge::Retention;
 use futures::FutureExt;
 
-use crate::{Added, Store};
+use crate::{Added, OwedCount, Store};
 
 /// A store to run one behaviour against, and how to clean up after it.
 #[async_trait]
@@ -654,6 +654,15 @@ pub async fn outstanding_order_filter_and_limit(store: &dyn Store) {
         out[0], first,
         "the notification comes back as it was stored"
     );
+    let count = store.owed_count(&ua, now).await.expect("owed_count");
+    assert_eq!(
+        count,
+        OwedCount {
+            pending: 4,
+            next_expiry: Some(short.expires_at),
+        },
+        "owed_count counts what outstanding returns; the short one expires first"
+    );
 
     let out = store.outstanding(&ua, now, 2).await.expect("outstanding");
     assert_eq!(
@@ -668,8 +677,19 @@ pub async fn outstanding_order_filter_and_limit(store: &dyn Store) {
         .expect("outstanding");
     assert_eq!(
         ids(&out),
-        ids(&[first, second, third]),
+        ids(&[first.clone(), second, third]),
         "expired notifications are not outstanding"
+    );
+    let count = store
+        .owed_count(&ua, now.plus(120))
+        .await
+        .expect("owed_count");
+    assert_eq!(
+        count,
+        OwedCount {
+            pending: 3,
+            next_expiry: Some(first.expires_at),
+        }
     );
 
     let out = store
@@ -677,6 +697,8 @@ pub async fn outstanding_order_filter_and_limit(store: &dyn Store) {
         .await
         .expect("outstanding");
     assert!(out.is_empty(), "other UAs owe nothing");
+    let count = store.owed_count(&other_ua, now).await.expect("owed_count");
+    assert_eq!(count, OwedCount::default());
 }
 
 pub async fn update_deliveries_rules(store: &dyn Store) {

@@ -55,6 +55,15 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Resolves once what [`Store::stage_notification`] staged is stored durably.
 pub type Durable = Pin<Box<dyn Future<Output = StoreResult<()>> + Send>>;
 
+/// What [`Store::owed_count`] says of a UA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwedCount {
+    /// Notifications owed: pending or sent, not acked, neither replaced nor expired.
+    pub pending: u64,
+    /// The soonest `expires_at` among them.
+    pub next_expiry: Option<EpochSecs>,
+}
+
 /// What [`Store::add_deliveries`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Added {
@@ -215,6 +224,11 @@ pub trait Store: Send + Sync + 'static {
         now: EpochSecs,
         limit: usize,
     ) -> StoreResult<Vec<Notification>>;
+
+    /// How many notifications the UA is owed at `now`: what [`Store::outstanding`] would
+    /// return without a limit, counted without reading a payload; and the soonest expiry
+    /// among them, when the count next drops by itself.
+    async fn owed_count(&self, ua: &UaId, now: EpochSecs) -> StoreResult<OwedCount>;
 
     /// The report ([`StatusReport::assemble`]) of the newest notification with this app and
     /// AS id.

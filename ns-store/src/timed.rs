@@ -11,7 +11,7 @@ use common::notification::Notification;
 use common::purge::Retention;
 use ns_runtime::metrics::{Histogram, Registry, LATENCY_BUCKETS};
 
-use crate::{Added, Durable, Store, StoreResult};
+use crate::{Added, Durable, OwedCount, Store, StoreResult};
 
 /// The name of the histogram.
 pub const OPERATION_DURATION: &str = "ns_store_operation_duration_seconds";
@@ -38,6 +38,7 @@ struct Ops {
     update_deliveries: Arc<Histogram>,
     record_deliveries: Arc<Histogram>,
     outstanding: Arc<Histogram>,
+    owed_count: Arc<Histogram>,
     status: Arc<Histogram>,
     report: Arc<Histogram>,
     withdraw: Arc<Histogram>,
@@ -83,6 +84,7 @@ impl Timed {
             update_deliveries: op("update_deliveries"),
             record_deliveries: op("record_deliveries"),
             outstanding: op("outstanding"),
+            owed_count: op("owed_count"),
             status: op("status"),
             report: op("report"),
             withdraw: op("withdraw"),
@@ -234,6 +236,10 @@ impl Store for Timed {
             self.inner.outstanding(ua, now, limit),
         )
         .await
+    }
+
+    async fn owed_count(&self, ua: &UaId, now: EpochSecs) -> StoreResult<OwedCount> {
+        timed(&self.ops.owed_count, self.inner.owed_count(ua, now)).await
     }
 
     async fn status(

@@ -161,6 +161,18 @@ fn read_ack(body: &[u8], secret: &Secret) -> Result<(UaId, Vec<MessageId>), Prot
 }
 
 impl State {
+    /// `POST /count`: how many notifications the UA is owed, `{"pending": N}`.
+    async fn count(&self, body: &[u8]) -> Result<Response, ProtocolError> {
+        // The body of a pull without its limit.
+        let (ua, _) = read_pull(body, &self.deps.secret, 1)?;
+        let now = self.deps.clock.now();
+        let owed = self.deps.store.owed_count(&ua, now).await.map_err(|e| {
+            tracing::warn!(error = %e, "counting a UA's notifications failed");
+            unavailable()
+        })?;
+        Ok(warp::reply::json(&serde_json::json!({ "pending": owed.pending })).into_response())
+    }
+
     async fn pull(&self, body: &[u8]) -> Result<Response, ProtocolError> {
         let (ua, limit) = read_pull(body, &self.deps.secret, self.settings.max_pull)?;
         let now = self.deps.clock.now();
@@ -244,10 +256,22 @@ fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(warp::path::end())
         .and(warp::post())
         .and(warp::body::stream())
-        .and(with_state)
+        .and(with_state.clone())
         .then(|body, state: Arc<State>| async move {
             let answer = match ns_http::read_body(&mut Box::pin(body), MAX_BODY).await {
                 Ok(body) => state.ack(&body).await,
+                Err(e) => Err(e.protocol_error()),
+            };
+            answer.unwrap_or_else(|e| ns_http::error_reply(&e))
+        });
+    let count = warp::path("count")
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::body::stream())
+        .and(with_state)
+        .then(|body, state: Arc<State>| async move {
+            let answer = match ns_http::read_body(&mut Box::pin(body), MAX_BODY).await {
+                Ok(body) => state.count(&body).await,
                 Err(e) => Err(e.protocol_error()),
             };
             answer.unwrap_or_else(|e| ns_http::error_reply(&e))
@@ -259,6 +283,8 @@ fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = Infal
     let refusals = ns_http::Refusals::new("ns-ua-udp", &state.deps.registry, &[]);
     let routes = pull
         .or(ack)
+        .unify()
+        .or(count)
         .unify()
         .or(ns_http::ops_routes(health, state.deps.registry.clone()))
         .unify()

@@ -25,6 +25,8 @@ use ns_broker::BrokerError;
 use ns_http::Stream as Connection;
 use ns_store::StoreError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError as FrameError;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -270,6 +272,7 @@ where
         tx,
         peer,
         unanswered_pings: 0,
+        counts: None,
     };
     conn.run(rx, shutdown, end)
 }
@@ -303,6 +306,51 @@ struct Conn<S> {
     peer: Option<IpAddr>,
     /// Pings sent since the client last sent anything.
     unanswered_pings: u8,
+    /// Set when the UA registered with `countEvents`; on the heap, as few connections ask.
+    counts: Option<Box<CountEvents>>,
+}
+
+/// The least time between two count events of one connection (PROTOCOL.md §2).
+const COUNT_EVENT_GAP: Duration = Duration::from_millis(100);
+
+/// The count events of a UA that registered with `countEvents`: what it was last told, and
+/// when to count again. The wait is a task of its own that puts [`Outbound::Count`] in the
+/// connection's queue, so that a connection without count events carries no timer.
+#[derive(Default)]
+struct CountEvents {
+    /// The count last sent.
+    sent: Option<u64>,
+    /// When it was sent: the next frame waits [`COUNT_EVENT_GAP`] after it.
+    sent_at: Option<Instant>,
+    /// When to count again (soon after something that may change the count, or when the
+    /// soonest owed notification expires), and the task that waits for it.
+    due: Option<(Instant, AbortHandle)>,
+}
+
+impl CountEvents {
+    /// Counts again at `at`, or at the time already set if that is sooner.
+    fn count_at(&mut self, at: Instant, tx: &registry::Sender) {
+        if let Some((due, timer)) = &self.due {
+            if *due <= at {
+                return;
+            }
+            timer.abort();
+        }
+        let tx = tx.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            tx.send(Outbound::Count).await;
+        });
+        self.due = Some((at, timer.abort_handle()));
+    }
+}
+
+impl Drop for CountEvents {
+    fn drop(&mut self) {
+        if let Some((_, timer)) = &self.due {
+            timer.abort();
+        }
+    }
 }
 
 /// What the connection's loop waited for.
@@ -443,6 +491,8 @@ where
             },
             Input::Outbound(outbound) => match outbound {
                 Outbound::Notify(queued) => {
+                    // New, or a replacement of one it is owed.
+                    self.count_may_change();
                     if self.fresh(&queued) && self.session.first_routed(&queued.message_id) {
                         let created_at = queued.created_at;
                         self.send_notification(queued.frame).await?;
@@ -453,7 +503,11 @@ where
                     }
                 }
                 Outbound::TakenOver => Err(End::Close(self.session.taken_over())),
-                Outbound::Resync => self.resync().await,
+                Outbound::Resync => {
+                    self.count_may_change();
+                    self.resync().await
+                }
+                Outbound::Count => self.send_count_event().await,
             },
             // A client that let the last pings go unanswered is gone, whatever TCP says.
             Input::Ping if self.unanswered_pings >= UNANSWERED_PINGS => {
@@ -592,7 +646,11 @@ where
 
     async fn perform(&mut self, action: Action, rx: &mut registry::Receiver) -> Result<(), End> {
         match action {
-            Action::RegisterUa { ua, interface } => {
+            Action::RegisterUa {
+                ua,
+                interface,
+                count_events,
+            } => {
                 match self.check_interface(interface.as_ref()) {
                     Err(e) => self.step(Step::Reject(e)).await,
                     Ok(()) => match self.register_ua(&ua, interface).await {
@@ -600,7 +658,11 @@ where
                             self.session.registered(ua.clone());
                             self.shared.metrics.registered.inc();
                             self.send_text("OK").await?;
-                            self.send_pending(&ua, rx).await
+                            self.send_pending(&ua, rx).await?;
+                            // The first count event says the count as it is now.
+                            self.counts = count_events.then(Box::default);
+                            self.count_may_change();
+                            Ok(())
                         }
                         Err(e) => self.step(Step::Reject(e)).await,
                     },
@@ -649,6 +711,7 @@ where
                 match self.shared.deps.store.record_deliveries(updates, now).await {
                     Ok(()) => {
                         self.shared.metrics.acked.add(count as i64);
+                        self.count_may_change();
                         Ok(())
                     }
                     Err(e) => {
@@ -657,7 +720,63 @@ where
                     }
                 }
             }
+            Action::Count { ua } => {
+                let now = self.shared.deps.clock.now();
+                match self.shared.deps.store.owed_count(&ua, now).await {
+                    Ok(owed) => self.send_text(count_frame(owed.pending)).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "counting a UA's notifications failed");
+                        self.send_error(&unavailable()).await
+                    }
+                }
+            }
         }
+    }
+
+    /// Something happened that may change the UA's count: count again soon, but send at
+    /// most one count event per [`COUNT_EVENT_GAP`].
+    fn count_may_change(&mut self) {
+        if let Some(c) = self.counts.as_deref_mut() {
+            let now = Instant::now();
+            let earliest = c.sent_at.map_or(now, |at| (at + COUNT_EVENT_GAP).max(now));
+            c.count_at(earliest, &self.tx);
+        }
+    }
+
+    /// Counts what the UA is owed and, if that is not what it was last told, tells it.
+    async fn send_count_event(&mut self) -> Result<(), End> {
+        let Some(ua) = self.session.ua().cloned() else {
+            return Ok(());
+        };
+        let now = self.shared.deps.clock.now();
+        let owed = self.shared.deps.store.owed_count(&ua, now).await;
+        let Some(c) = self.counts.as_deref_mut() else {
+            return Ok(());
+        };
+        // The task that woke this one is done.
+        c.due = None;
+        let owed = match owed {
+            Ok(owed) => owed,
+            Err(e) => {
+                tracing::warn!(error = %e, "counting a UA's notifications failed; retrying");
+                c.count_at(Instant::now() + Duration::from_secs(1), &self.tx);
+                return Ok(());
+            }
+        };
+        // The soonest expiry lowers the count by itself: count again then.
+        if let Some(at) = owed.next_expiry {
+            let secs = u64::try_from(at.as_i64() - now.as_i64()).unwrap_or(0);
+            c.count_at(
+                Instant::now() + Duration::from_secs(secs).max(COUNT_EVENT_GAP),
+                &self.tx,
+            );
+        }
+        if c.sent == Some(owed.pending) {
+            return Ok(());
+        }
+        c.sent = Some(owed.pending);
+        c.sent_at = Some(Instant::now());
+        self.send_text(count_frame(owed.pending)).await
     }
 
     /// A UA may be registered for at most `--max-registrations-per-ua` apps (Web Push
@@ -978,6 +1097,7 @@ where
                 Outbound::TakenOver => return Err(End::Close(self.session.taken_over())),
                 // What is owed was just read from the store.
                 Outbound::Resync => {}
+                Outbound::Count => self.send_count_event().await?,
             }
         }
         self.session.drained();
@@ -987,6 +1107,11 @@ where
 
 fn unavailable() -> ProtocolError {
     ProtocolError::new(Code::Unavailable, "a dependency is unavailable; retry")
+}
+
+/// The answer to `count`, and a count event: `{"pending": N}`.
+fn count_frame(pending: u64) -> String {
+    serde_json::json!({ "pending": pending }).to_string()
 }
 
 fn quota_exceeded() -> ProtocolError {

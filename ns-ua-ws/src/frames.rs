@@ -22,6 +22,8 @@ pub(crate) enum Command {
     RegisterUa {
         uatoken: String,
         interface: Option<Interface>,
+        /// `countEvents`: send `{"pending": N}` whenever the UA's count changes.
+        count_events: bool,
     },
     RegisterWa {
         uatoken: String,
@@ -36,6 +38,8 @@ pub(crate) enum Command {
     Ack {
         message_ids: Vec<MessageId>,
     },
+    /// How many notifications the UA is owed.
+    Count,
 }
 
 /// A parsed `pbkbase64` (compared by its normalized PEM).
@@ -67,6 +71,8 @@ enum Name {
     UnregisterWa,
     #[serde(rename = "ack")]
     Ack,
+    #[serde(rename = "count")]
+    Count,
     #[serde(other)]
     Unknown,
 }
@@ -113,6 +119,8 @@ struct RegisterUaData {
     uatoken: Field<String>,
     #[serde(default)]
     interface: Field<InterfaceData>,
+    #[serde(default, rename = "countEvents")]
+    count_events: Field<bool>,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +199,13 @@ fn command(name: Name, data: &str) -> Result<Command, ProtocolError> {
             Ok(Command::RegisterUa {
                 uatoken: uatoken(data.uatoken)?,
                 interface: interface(data.interface)?,
+                count_events: match data.count_events {
+                    Field::Absent => false,
+                    Field::Valid(on) => on,
+                    Field::Invalid => {
+                        return Err(err(Code::BadField, "countEvents must be true or false"))
+                    }
+                },
             })
         }
         Name::RegisterWa | Name::UnregisterWa => {
@@ -220,6 +235,7 @@ fn command(name: Name, data: &str) -> Result<Command, ProtocolError> {
                 message_ids: ack_ids(data)?,
             })
         }
+        Name::Count => Ok(Command::Count),
         Name::Unknown => Err(err(Code::MethodNotAllowed, "command not recognized")),
     }
 }
@@ -331,19 +347,26 @@ mod tests {
                 interface: Some(Interface {
                     ip: "10.0.0.1".parse().unwrap(),
                     port: 5000
-                })
+                }),
+                count_events: false,
             }
         );
         assert_eq!(
-            parse(r#"{"command":"register/ua","data":{"uatoken":"t","interface":{"ip":"::1","port":7}}}"#)
+            parse(r#"{"command":"register/ua","data":{"uatoken":"t","interface":{"ip":"::1","port":7},"countEvents":true}}"#)
                 .unwrap(),
             Command::RegisterUa {
                 uatoken: "t".into(),
                 interface: Some(Interface {
                     ip: "::1".parse().unwrap(),
                     port: 7
-                })
+                }),
+                count_events: true,
             }
+        );
+        assert_eq!(parse(r#"{"command":"count"}"#).unwrap(), Command::Count);
+        assert_eq!(
+            code(r#"{"command":"register/ua","data":{"uatoken":"t","countEvents":"yes"}}"#),
+            Code::BadField
         );
         assert_eq!(
             parse(r#"{"command":"register/wa","data":{"uatoken":"t","watoken":"w"}}"#).unwrap(),

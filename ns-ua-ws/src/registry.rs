@@ -23,6 +23,8 @@ pub(crate) enum Outbound {
     /// Send the UA what it is owed and was not sent here lately: what was routed while this
     /// front-end's queue was gone is pending in the store only.
     Resync,
+    /// Count what the UA is owed, for a count event (from the connection's own timer).
+    Count,
 }
 
 #[derive(Debug)]

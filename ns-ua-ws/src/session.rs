@@ -32,6 +32,7 @@ pub(crate) enum Action {
     RegisterUa {
         ua: UaId,
         interface: Option<Interface>,
+        count_events: bool,
     },
     /// Store the app and the UA's registration for it, answer the notify URL.
     RegisterWa { ua: UaId, app: App },
@@ -42,6 +43,8 @@ pub(crate) enum Action {
         ua: UaId,
         message_ids: Vec<MessageId>,
     },
+    /// Count what the UA is owed, answer `{"pending": N}`.
+    Count { ua: UaId },
 }
 
 /// How the server ends a connection.
@@ -196,9 +199,17 @@ impl Session {
     fn on_command(&self, command: Command, secret: &Secret) -> Step {
         let result = match command {
             Command::Ping => return Step::Pong,
-            Command::RegisterUa { uatoken, interface } => {
+            Command::RegisterUa {
+                uatoken,
+                interface,
+                count_events,
+            } => {
                 return match self.check_register_ua(secret, &uatoken) {
-                    Ok(ua) => Step::Do(Action::RegisterUa { ua, interface }),
+                    Ok(ua) => Step::Do(Action::RegisterUa {
+                        ua,
+                        interface,
+                        count_events,
+                    }),
                     Err(e) => Step::Reject(e),
                 }
             }
@@ -227,6 +238,7 @@ impl Session {
             Command::Ack { message_ids } => self
                 .check_any_ua()
                 .map(|ua| Action::Ack { ua, message_ids }),
+            Command::Count => self.check_any_ua().map(|ua| Action::Count { ua }),
         };
         result.map_or_else(Step::Error, Step::Do)
     }
