@@ -748,13 +748,32 @@ where
         let Some(ua) = self.session.ua().cloned() else {
             return Ok(());
         };
+        let Some(c) = self.counts.as_deref_mut() else {
+            return Ok(());
+        };
+        // The timer that woke this one is done.
+        if c.due
+            .as_ref()
+            .is_some_and(|(due, _)| *due <= Instant::now())
+        {
+            c.due = None;
+        }
+        // The wake-up of a timer replaced just as it fired: keep to the gap all the same.
+        if let Some(next) = c.sent_at.map(|at| at + COUNT_EVENT_GAP) {
+            if next > Instant::now() {
+                c.count_at(next, &self.tx);
+                return Ok(());
+            }
+        }
+        // Counting now: whatever was set for later is set again below.
+        if let Some((_, timer)) = c.due.take() {
+            timer.abort();
+        }
         let now = self.shared.deps.clock.now();
         let owed = self.shared.deps.store.owed_count(&ua, now).await;
         let Some(c) = self.counts.as_deref_mut() else {
             return Ok(());
         };
-        // The task that woke this one is done.
-        c.due = None;
         let owed = match owed {
             Ok(owed) => owed,
             Err(e) => {
