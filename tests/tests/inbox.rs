@@ -46,13 +46,32 @@ async fn notify(c: &Cluster, url: &str, id: &str, message: &str, ttl: u64) -> St
     v["messageId"].as_str().expect("a messageId").to_owned()
 }
 
-async fn count_follows_notify_ack_replacement_and_expiry(b: Backend) {
+/// A cluster whose services' clock is moved by hand.
+async fn with_manual_clock(b: Backend) -> (ManualClock, Cluster) {
     let clock = ManualClock::default();
     let options = Options {
         clock: clock.clock(),
         ..Default::default()
     };
-    let c = Cluster::start_with(b, options).await;
+    (clock, Cluster::start_with(b, options).await)
+}
+
+/// A UA registered with `countEvents`, past its first event (a count of 0).
+async fn with_count_events(c: &Cluster, token: &str) -> Ua {
+    let mut ua = Ua::connect(&c.ws_url(0), token).await;
+    ua.command(
+        "register/ua",
+        json!({ "uatoken": token, "countEvents": true }),
+    )
+    .await;
+    assert_eq!(ua.next_text().await, "OK");
+    // The first event says the count as it is.
+    assert_eq!(ua.next_json().await, json!({ "pending": 0 }));
+    ua
+}
+
+async fn count_follows_notify_ack_replacement_and_expiry(b: Backend) {
+    let (clock, c) = with_manual_clock(b).await;
     let token = c.token().await;
 
     // Not before register/ua.
@@ -126,15 +145,7 @@ async fn frames_for(ua: &mut Ua, wait: Duration) -> (Vec<String>, Vec<(Instant, 
 async fn count_events_are_coalesced(b: Backend) {
     let c = Cluster::start(b).await;
     let token = c.token().await;
-    let mut ua = Ua::connect(&c.ws_url(0), &token).await;
-    ua.command(
-        "register/ua",
-        json!({ "uatoken": token, "countEvents": true }),
-    )
-    .await;
-    assert_eq!(ua.next_text().await, "OK");
-    // The first event says the count as it is.
-    assert_eq!(ua.next_json().await, json!({ "pending": 0 }));
+    let mut ua = with_count_events(&c, &token).await;
     let url = ua.register_wa("inbox-events").await;
     // Another UA of the same app, without count events, never gets one.
     let other_token = c.token().await;
@@ -189,21 +200,9 @@ async fn count_events_are_coalesced(b: Backend) {
 }
 
 async fn count_events_follow_expiry(b: Backend) {
-    let clock = ManualClock::default();
-    let options = Options {
-        clock: clock.clock(),
-        ..Default::default()
-    };
-    let c = Cluster::start_with(b, options).await;
+    let (clock, c) = with_manual_clock(b).await;
     let token = c.token().await;
-    let mut ua = Ua::connect(&c.ws_url(0), &token).await;
-    ua.command(
-        "register/ua",
-        json!({ "uatoken": token, "countEvents": true }),
-    )
-    .await;
-    assert_eq!(ua.next_text().await, "OK");
-    assert_eq!(ua.next_json().await, json!({ "pending": 0 }));
+    let mut ua = with_count_events(&c, &token).await;
     let url = ua.register_wa("inbox-expiry").await;
 
     let id = notify(&c, &url, "short", "brief", 2).await;
