@@ -160,7 +160,23 @@ fn read_ack(body: &[u8], secret: &Secret) -> Result<(UaId, Vec<MessageId>), Prot
     Ok((ua, ids))
 }
 
+/// The calls of a UA woken by UDP, each a `POST` of a JSON body.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    Pull,
+    Ack,
+    Count,
+}
+
 impl State {
+    async fn answer(&self, call: Call, body: &[u8]) -> Result<Response, ProtocolError> {
+        match call {
+            Call::Pull => self.pull(body).await,
+            Call::Ack => self.ack(body).await,
+            Call::Count => self.count(body).await,
+        }
+    }
+
     /// `POST /count`: how many notifications the UA is owed, `{"pending": N}`.
     async fn count(&self, body: &[u8]) -> Result<Response, ProtocolError> {
         // The body of a pull without its limit.
@@ -200,19 +216,19 @@ impl State {
         self.metrics.pulls.inc();
         // Both store calls may have been slow: what expired meanwhile is left out.
         let after = self.deps.clock.now();
+        let now = self.deps.clock.now_millis().as_i64();
         let frames: Vec<_> = messages
             .iter()
             .filter(|n| !n.is_expired(after))
-            .map(|n| n.to_frame(&self.deps.notify_base_url))
+            .map(|n| {
+                let latency = match n.payload {
+                    Payload::Text(_) => &self.metrics.latency_telefonica,
+                    Payload::Push(_) => &self.metrics.latency_webpush,
+                };
+                latency.observe_millis(now - n.created_at.as_i64());
+                n.to_frame(&self.deps.notify_base_url)
+            })
             .collect();
-        let now = self.deps.clock.now_millis().as_i64();
-        for n in messages.iter().filter(|n| !n.is_expired(after)) {
-            let latency = match n.payload {
-                Payload::Text(_) => &self.metrics.latency_telefonica,
-                Payload::Push(_) => &self.metrics.latency_webpush,
-            };
-            latency.observe_millis(now - n.created_at.as_i64());
-        }
         Ok(warp::reply::json(&serde_json::json!({ "messages": frames })).into_response())
     }
 
@@ -239,39 +255,21 @@ fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = Infal
         let state = state.clone();
         warp::any().map(move || state.clone())
     };
+    let call =
+        |name: &'static str, call: Call| warp::path(name).and(warp::path::end()).map(move || call);
+    let calls = call("pull", Call::Pull)
+        .or(call("ack", Call::Ack))
+        .unify()
+        .or(call("count", Call::Count))
+        .unify();
     // Bodies are read up to the limit with or without a Content-Length (chunked ones too).
-    let pull = warp::path("pull")
-        .and(warp::path::end())
-        .and(warp::post())
-        .and(warp::body::stream())
-        .and(with_state.clone())
-        .then(|body, state: Arc<State>| async move {
-            let answer = match ns_http::read_body(&mut Box::pin(body), MAX_BODY).await {
-                Ok(body) => state.pull(&body).await,
-                Err(e) => Err(e.protocol_error()),
-            };
-            answer.unwrap_or_else(|e| ns_http::error_reply(&e))
-        });
-    let ack = warp::path("ack")
-        .and(warp::path::end())
-        .and(warp::post())
-        .and(warp::body::stream())
-        .and(with_state.clone())
-        .then(|body, state: Arc<State>| async move {
-            let answer = match ns_http::read_body(&mut Box::pin(body), MAX_BODY).await {
-                Ok(body) => state.ack(&body).await,
-                Err(e) => Err(e.protocol_error()),
-            };
-            answer.unwrap_or_else(|e| ns_http::error_reply(&e))
-        });
-    let count = warp::path("count")
-        .and(warp::path::end())
+    let posts = calls
         .and(warp::post())
         .and(warp::body::stream())
         .and(with_state)
-        .then(|body, state: Arc<State>| async move {
+        .then(|call, body, state: Arc<State>| async move {
             let answer = match ns_http::read_body(&mut Box::pin(body), MAX_BODY).await {
-                Ok(body) => state.count(&body).await,
+                Ok(body) => state.answer(call, &body).await,
                 Err(e) => Err(e.protocol_error()),
             };
             answer.unwrap_or_else(|e| ns_http::error_reply(&e))
@@ -281,11 +279,7 @@ fn routes(state: Arc<State>) -> impl Filter<Extract = (Response,), Error = Infal
         broker: Some(state.deps.broker.clone()),
     };
     let refusals = ns_http::Refusals::new("ns-ua-udp", &state.deps.registry, &[]);
-    let routes = pull
-        .or(ack)
-        .unify()
-        .or(count)
-        .unify()
+    let routes = posts
         .or(ns_http::ops_routes(health, state.deps.registry.clone()))
         .unify()
         .recover(ns_http::recover)

@@ -496,7 +496,7 @@ where
                     if self.fresh(&queued) && self.session.first_routed(&queued.message_id) {
                         let created_at = queued.created_at;
                         self.send_notification(queued.frame).await?;
-                        self.delivered_since(&[created_at]);
+                        self.delivered_since([created_at]);
                         Ok(())
                     } else {
                         Ok(())
@@ -583,7 +583,7 @@ where
 
     /// Observes, for notifications just written to the UA, the time since they were
     /// accepted.
-    fn delivered_since(&self, accepted: &[EpochMillis]) {
+    fn delivered_since(&self, accepted: impl IntoIterator<Item = EpochMillis>) {
         let histogram = match self.session.dialect() {
             Dialect::WebPush => &self.shared.metrics.latency_webpush,
             _ => &self.shared.metrics.latency_telefonica,
@@ -923,8 +923,7 @@ where
             self.send_text(text).await?;
         }
         self.shared.metrics.delivered.add(pending.len() as i64);
-        let accepted: Vec<_> = pending.iter().map(|n| n.created_at).collect();
-        self.delivered_since(&accepted);
+        self.delivered_since(pending.iter().map(|n| n.created_at));
         let ids: Vec<MessageId> = pending.into_iter().map(|n| n.message_id).collect();
         self.session.remember_sent(ids.iter().cloned());
         let updates = DeliveryUpdate::for_ua(ua, ids.iter().cloned(), DeliveryStatus::Sent);

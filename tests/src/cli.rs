@@ -31,23 +31,8 @@ const NS_ENV: &[&str] = &[
 pub fn ns_binary() -> &'static Path {
     static NS: OnceLock<PathBuf> = OnceLock::new();
     NS.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test runs from target/<profile>/deps");
-        let path = profile_dir.join("ns");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the workspace");
-        let sources = crate::faults::newest_source(workspace);
-        let fresh = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|built| built >= sources);
-        if !fresh {
-            crate::faults::build(profile_dir, &["ns-cli"]);
-        }
-        path
+        let mut paths = crate::faults::built(&["ns"], &["ns-cli"]);
+        paths.pop().expect("the path of ns")
     })
 }
 

@@ -80,12 +80,6 @@ pub struct Binaries {
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
-        // target/<profile>/deps/<this test>
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test runs from target/<profile>/deps");
         let names = [
             "ns-as",
             "ns-msg-monitor",
@@ -93,19 +87,7 @@ pub fn binaries() -> &'static Binaries {
             "ns-ua-udp",
             "ns-standalone",
         ];
-        let paths = names.map(|name| profile_dir.join(name));
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the workspace");
-        let sources = newest_source(workspace);
-        let fresh = paths.iter().all(|path| {
-            std::fs::metadata(path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|built| built >= sources)
-        });
-        if !fresh {
-            build(profile_dir, &names);
-        }
+        let paths: [PathBuf; 5] = built(&names, &names).try_into().expect("a path per binary");
         let [notify, monitor, front_end, wakeup, standalone] = paths;
         Binaries {
             notify,
@@ -117,8 +99,34 @@ pub fn binaries() -> &'static Binaries {
     })
 }
 
+/// The paths of `binaries` in this test's target directory and profile, after building
+/// `packages` (theirs) unless every one of them is newer than every source of the
+/// workspace.
+pub(crate) fn built(binaries: &[&str], packages: &[&str]) -> Vec<PathBuf> {
+    // target/<profile>/deps/<this test>
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let paths: Vec<PathBuf> = binaries.iter().map(|name| profile_dir.join(name)).collect();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace");
+    let sources = newest_source(workspace);
+    let fresh = paths.iter().all(|path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|built| built >= sources)
+    });
+    if !fresh {
+        build(profile_dir, packages);
+    }
+    paths
+}
+
 /// Builds `packages`' binaries into `profile_dir` (`target/<profile>`).
-pub(crate) fn build(profile_dir: &Path, packages: &[&str]) {
+fn build(profile_dir: &Path, packages: &[&str]) {
     let target_dir = profile_dir.parent().expect("a target directory");
     let profile = match profile_dir
         .file_name()
@@ -147,7 +155,7 @@ pub(crate) fn build(profile_dir: &Path, packages: &[&str]) {
 
 /// The time of the newest `.rs` or `Cargo.*` file of the workspace outside `target` and
 /// this crate.
-pub(crate) fn newest_source(workspace: &Path) -> SystemTime {
+fn newest_source(workspace: &Path) -> SystemTime {
     let mut newest = SystemTime::UNIX_EPOCH;
     let mut dirs = vec![workspace.to_owned()];
     while let Some(dir) = dirs.pop() {
